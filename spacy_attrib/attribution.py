@@ -1,0 +1,109 @@
+"""The result type and the `Doc`/`Token` extensions that hold it.
+
+Results live in ``doc.user_data`` as plain dicts of numbers, strings and numpy arrays, so they survive
+`DocBin` round trips and ``nlp.pipe(n_process=...)`` (both serialise user data with msgpack). The
+extensions ``doc._.attributions`` and ``token._.attributions`` are read-only views that build
+`Attribution` objects from them: ``{method key: {target label: Attribution}}``.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy
+from spacy.tokens import Doc, Token
+
+USER_DATA_KEY = "spacy_attrib"
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """One explanation: how much each spaCy token (and each wordpiece) contributed to one target.
+
+    method: the method's key in ``doc._.attributions``.
+    target: the explained label.
+    scores: one float per spaCy token of the doc (0 for tokens without wordpieces).
+    wordpieces: the wordpieces the transformer saw, row after row (long docs span several windows,
+        each with its own special tokens), padding excluded.
+    wordpiece_scores: one float per entry of `wordpieces`.
+    alignment: for each spaCy token, the indices into `wordpieces` it covers.
+    output: the attributed output of the target (e.g. its log-probability) at the input.
+    token: the token the target belongs to, for per-token heads (tagger); None for doc-level targets.
+    extras: method-specific values, e.g. ``delta`` (completeness gap) for integrated gradients.
+    """
+
+    method: str
+    target: str
+    scores: numpy.ndarray
+    wordpieces: List[str]
+    wordpiece_scores: numpy.ndarray
+    alignment: List[List[int]]
+    output: float
+    token: Optional[int] = None
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> Optional[float]:
+        """Completeness gap Σ scores − (f(x) − f(baseline)), where the method has one."""
+        return self.extras.get("delta")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "method": self.method, "target": self.target, "token": self.token,
+            "scores": numpy.asarray(self.scores, dtype="float32"),
+            "wordpieces": list(self.wordpieces),
+            "wordpiece_scores": numpy.asarray(self.wordpiece_scores, dtype="float32"),
+            "alignment": [list(map(int, a)) for a in self.alignment],
+            "output": float(self.output), "extras": dict(self.extras),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Attribution":
+        return cls(
+            method=data["method"], target=data["target"], token=data.get("token"),
+            scores=numpy.asarray(data["scores"], dtype="float32"),
+            wordpieces=list(data["wordpieces"]),
+            wordpiece_scores=numpy.asarray(data["wordpiece_scores"], dtype="float32"),
+            alignment=[list(a) for a in data["alignment"]],
+            output=float(data["output"]), extras=dict(data.get("extras", {})),
+        )
+
+
+def _store(doc: Doc) -> Dict[str, Any]:
+    return doc.user_data.setdefault(USER_DATA_KEY, {"doc": {}, "tokens": {}})
+
+
+def set_attribution(doc: Doc, attribution: Attribution) -> None:
+    """Record `attribution` on `doc` (or on its token, for per-token targets)."""
+    store = _store(doc)
+    if attribution.token is None:
+        by_method = store["doc"]
+    else:
+        by_method = store["tokens"].setdefault(str(attribution.token), {})
+    by_method.setdefault(attribution.method, {})[attribution.target] = attribution.to_dict()
+
+
+def mark_explained(doc: Doc, method: str) -> None:
+    """Record that `method` ran on `doc`, so a doc with nothing to explain shows an empty result."""
+    _store(doc)["doc"].setdefault(method, {})
+
+
+def _build(by_method: Dict[str, Dict[str, Dict]]) -> Dict[str, Dict[str, Attribution]]:
+    return {method: {label: Attribution.from_dict(data) for label, data in by_label.items()}
+            for method, by_label in by_method.items()}
+
+
+def get_doc_attributions(doc: Doc) -> Dict[str, Dict[str, Attribution]]:
+    return _build(doc.user_data.get(USER_DATA_KEY, {}).get("doc", {}))
+
+
+def get_token_attributions(token: Token) -> Dict[str, Dict[str, Attribution]]:
+    tokens = token.doc.user_data.get(USER_DATA_KEY, {}).get("tokens", {})
+    return _build(tokens.get(str(token.i), {}))
+
+
+def install_extensions() -> None:
+    """Register ``doc._.attributions`` and ``token._.attributions`` (idempotent)."""
+    if not Doc.has_extension("attributions"):
+        Doc.set_extension("attributions", getter=get_doc_attributions)
+    if not Token.has_extension("attributions"):
+        Token.set_extension("attributions", getter=get_token_attributions)

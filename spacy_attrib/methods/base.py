@@ -1,0 +1,236 @@
+"""The spaCy component every attribution method is built on.
+
+A method subclasses `AttributionComponent` and implements `explain(batch)`: given docs encoded the way the
+pipeline's transformer encodes them, return for each doc the wordpiece-level map of each target it
+explains. The base does the rest: configuration, choosing targets, batching docs by length, aggregating
+wordpieces to spaCy tokens, writing `doc._.attributions`, serialization.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy
+import srsly
+import torch
+from spacy.language import Language
+from spacy.pipeline import Pipe
+from spacy.tokens import Doc
+from spacy.util import ensure_path, minibatch
+
+from ..align import AGGREGATIONS, WordpieceLayout, aggregate
+from ..attribution import Attribution, install_extensions, mark_explained, set_attribution
+from ..differentiable import DifferentiableView, EncodedBatch, ViewOutput
+from ..targets import LabelsSetting, Target, choose_targets, slot_count, slot_values, validate_labels
+
+DEFAULT_CONFIG: Dict[str, Any] = {
+    "target": None,
+    "labels": "predicted",
+    "output": "log_prob",
+    "aggregation": "sum",
+    "attribute_at": "embeddings",
+    "batch_size": 32,
+    "dtype": "float32",
+    "key": None,
+}
+
+
+@dataclass
+class WordpieceMap:
+    """A method's raw answer for one target of one doc: a score per position of the doc's rows."""
+
+    target: Target
+    scores: numpy.ndarray  # (rows, T)
+    output: float
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+
+class AttributionComponent(Pipe):
+    """Base of the ``attr_*`` components. Settings common to all methods:
+
+    target: the head to explain (default: the single supported head listening to the transformer).
+    labels: ``"predicted"`` (default), ``"all"``, or a list of labels.
+    output: the attributed output, ``log_prob`` (default), ``prob`` or ``logit``.
+    aggregation: wordpiece → token aggregation, ``sum`` (default), ``mean`` or ``max_abs``.
+    attribute_at: ``embeddings`` (embedding layer output, default), ``word_embeddings``, or a layer number.
+    batch_size: docs encoded and explained together (grouped by length to limit padding).
+    dtype: ``float32`` (default) or ``bfloat16`` (the transformer runs under autocast).
+    key: the name under which results appear in ``doc._.attributions`` (default: the method's name).
+    """
+
+    method_name = "attribution"
+
+    def __init__(self, nlp: Language, name: str, *, target: Optional[str], labels: LabelsSetting,
+                 output: str, aggregation: str, attribute_at: Union[str, int], batch_size: int,
+                 dtype: str, key: Optional[str], **settings: Any):
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(labels, str):
+            validate_labels(labels, (), name)
+        else:
+            labels = list(labels)
+        self.nlp = nlp
+        self.name = name
+        self.cfg: Dict[str, Any] = dict(target=target, labels=labels, output=output,
+                                        aggregation=aggregation, attribute_at=attribute_at,
+                                        batch_size=batch_size, dtype=dtype, key=key, **settings)
+        self._view: Optional[DifferentiableView] = None
+        install_extensions()
+
+    @property
+    def key(self) -> str:
+        return self.cfg["key"] or self.method_name
+
+    @property
+    def view(self) -> DifferentiableView:
+        """The pipeline as a differentiable function, built on first use (the head may be added later)."""
+        if self._view is None:
+            view = DifferentiableView(self.nlp, self.cfg["target"], output=self.cfg["output"],
+                                      attribute_at=self.cfg["attribute_at"], dtype=self.cfg["dtype"])
+            if not view.labels:
+                raise ValueError(f"The head {view.head_name!r} has no labels: initialize or train it first")
+            validate_labels(self.cfg["labels"], view.labels, view.head_name)
+            self._view = view
+        return self._view
+
+    def initialize(self, get_examples: Optional[Callable] = None, *, nlp: Optional[Language] = None) -> None:
+        """Check that the pipeline has what the method needs; methods with state also fit it here."""
+        self._view = None
+        self.view
+
+    # -- running ------------------------------------------------------------------------------------
+    def __call__(self, doc: Doc) -> Doc:
+        self.set_annotations([doc], self.predict([doc]))
+        return doc
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
+        for docs in minibatch(stream, batch_size):
+            self.set_annotations(docs, self.predict(docs))
+            yield from docs
+
+    def predict(self, docs: Sequence[Doc]) -> List[List[Attribution]]:
+        """Explain `docs`: per doc, one `Attribution` per target (none for docs without tokens)."""
+        docs = list(docs)
+        results: List[List[Attribution]] = [[] for _ in docs]
+        order = sorted((i for i, doc in enumerate(docs) if len(doc)), key=lambda i: len(docs[i]))
+        for group in minibatch(order, self.cfg["batch_size"]):
+            batch = self.view.encode([docs[i] for i in group])
+            for i, maps in zip(group, self.explain(batch)):
+                results[i] = self._to_attributions(batch, group.index(i), maps)
+        return results
+
+    def set_annotations(self, docs: Sequence[Doc], results: Sequence[List[Attribution]]) -> None:
+        for doc, attributions in zip(docs, results):
+            mark_explained(doc, self.key)
+            for attribution in attributions:
+                set_attribution(doc, attribution)
+
+    def explain(self, batch: EncodedBatch) -> List[List[WordpieceMap]]:
+        """The method's algorithm: for each doc of the batch, a wordpiece map per explained target."""
+        raise NotImplementedError
+
+    # -- helpers for methods ------------------------------------------------------------------------
+    def targets(self, output: ViewOutput, batch: EncodedBatch) -> List[List[Target]]:
+        """The targets of each doc, read from a forward pass over the docs themselves."""
+        view = self.view
+        threshold = float(view.head.cfg.get("threshold", 0.5))
+        return choose_targets(output.logits, [len(doc) for doc in batch.docs], self.cfg["labels"],
+                              view.labels, per_token=view.per_token, exclusive=view.exclusive,
+                              threshold=threshold)
+
+    def maps(self, batch: EncodedBatch, targets: List[List[Target]], output: ViewOutput,
+             per_slot: Sequence[torch.Tensor], extras: Optional[Callable[[int, Target], Dict]] = None
+             ) -> List[List[WordpieceMap]]:
+        """Package per-slot wordpiece scores (each (n_rows, T), rows of the docs in order) by doc."""
+        result: List[List[WordpieceMap]] = [[] for _ in batch.docs]
+        for d, doc_targets in enumerate(targets):
+            start, n = batch.row_starts[d], batch.rows[d]
+            for slot, target in enumerate(doc_targets):
+                scores = per_slot[slot][start:start + n].detach().float().cpu().numpy()
+                value = float(output.scores[d, target.position, target.label_index].detach())
+                result[d].append(WordpieceMap(target, scores, value, extras(d, target) if extras else {}))
+        return result
+
+    def _to_attributions(self, batch: EncodedBatch, d: int, maps: List[WordpieceMap]) -> List[Attribution]:
+        start, n = batch.row_starts[d], batch.rows[d]
+        data = batch.doc_data[d]
+        mask = batch.attention_mask[start:start + n].cpu().numpy()
+        layout = WordpieceLayout.from_rows(data.wordpieces.strings, mask, data.align)
+        attributions = []
+        for m in maps:
+            wordpiece_scores = m.scores.reshape(-1)[layout.positions].astype("float32")
+            attributions.append(Attribution(
+                method=self.key, target=m.target.label, token=m.target.token,
+                scores=aggregate(wordpiece_scores, layout.alignment, self.cfg["aggregation"]),
+                wordpieces=layout.strings, wordpiece_scores=wordpiece_scores,
+                alignment=layout.alignment, output=m.output, extras=m.extras))
+        return attributions
+
+    # -- serialization: the settings are the whole state of a post-hoc method ------------------------
+    def to_bytes(self, *, exclude: Tuple = tuple()) -> bytes:
+        return srsly.msgpack_dumps({"cfg": self.cfg})
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Tuple = tuple()) -> "AttributionComponent":
+        self.cfg.update(srsly.msgpack_loads(bytes_data)["cfg"])
+        self._view = None
+        return self
+
+    def to_disk(self, path: Union[str, Path], *, exclude: Tuple = tuple()) -> None:
+        path = ensure_path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        srsly.write_json(path / "cfg", self.cfg)
+
+    def from_disk(self, path: Union[str, Path], *, exclude: Tuple = tuple()) -> "AttributionComponent":
+        path = ensure_path(path)
+        if (path / "cfg").exists():
+            self.cfg.update(srsly.read_json(path / "cfg"))
+        self._view = None
+        return self
+
+
+def slot_gradients(output: ViewOutput, targets: List[List[Target]]) -> Iterator[Tuple[int, torch.Tensor]]:
+    """d (slot's target value) / d inputs for each target slot, one backward pass per slot."""
+    n_slots = slot_count(targets)
+    for slot in range(n_slots):
+        seed = slot_values(output.scores, output.doc_index, targets, slot).sum()
+        (grad,) = torch.autograd.grad(seed, output.inputs, retain_graph=slot < n_slots - 1)
+        yield slot, grad
+
+
+@dataclass
+class InstanceChunk:
+    """Instances (doc, point) processed in one forward/backward: which doc and point each one is, and
+    the batch rows each instance row copies."""
+
+    doc_index: List[int]
+    points: List[int]
+    rows: torch.Tensor
+    row_points: torch.Tensor  # the point of each instance row
+
+
+def instance_chunks(batch: EncodedBatch, n_points: int, max_rows: int) -> Iterator[InstanceChunk]:
+    """Split the (doc, point) instances of a batch into chunks of at most `max_rows` transformer rows
+    (an instance larger than that forms a chunk of its own)."""
+    doc_index: List[int] = []
+    points: List[int] = []
+    n_rows = 0
+
+    def chunk() -> InstanceChunk:
+        row_points = [p for d, p in zip(doc_index, points) for _ in range(batch.rows[d])]
+        return InstanceChunk(list(doc_index), list(points), batch.row_index(doc_index),
+                             torch.tensor(row_points, dtype=torch.long, device=batch.input_ids.device))
+
+    for d in range(len(batch.docs)):
+        if batch.rows[d] == 0:
+            continue
+        for p in range(n_points):
+            if doc_index and n_rows + batch.rows[d] > max_rows:
+                yield chunk()
+                doc_index, points, n_rows = [], [], 0
+            doc_index.append(d)
+            points.append(p)
+            n_rows += batch.rows[d]
+    if doc_index:
+        yield chunk()

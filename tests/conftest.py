@@ -1,0 +1,151 @@
+"""Shared fixtures: a tiny random BERT saved with `transformers`, loaded through spacy-transformers
+exactly like a real model, with a textcat, a multilabel textcat and a tagger trained a few steps."""
+
+import random
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+import spacy
+import torch
+from spacy.language import Language
+from spacy.training import Example
+
+WORDS = (
+    "a the this that film movie plot actor story it was is and but not very really quite "
+    "good great wonderful warm witty wise fun brilliant bad awful terrible dull boring weak "
+    "slow mess , . !"
+).split()
+SUBWORDS = ["##s", "##ly", "##ing", "##ed", "un", "##er"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+POSITIVE = ["good", "great", "wonderful", "warm", "witty", "wise", "fun", "brilliant"]
+NEGATIVE = ["bad", "awful", "terrible", "dull", "boring", "weak", "slow", "mess"]
+NOUNS = ["film", "movie", "plot", "actor", "story"]
+TAGS = {"a": "DET", "the": "DET", "this": "DET", "that": "DET", "was": "VERB", "is": "VERB",
+        "very": "ADV", "really": "ADV", "quite": "ADV", "and": "CONJ", "but": "CONJ", "not": "ADV",
+        "it": "PRON", ",": "PUNCT", ".": "PUNCT", "!": "PUNCT"}
+
+
+def tag_of(word: str) -> str:
+    if word in NOUNS:
+        return "NOUN"
+    if word in POSITIVE or word in NEGATIVE:
+        return "ADJ"
+    return TAGS.get(word, "X")
+
+
+def make_tiny_bert(path: Path, seed: int = 0) -> Path:
+    """Save a 2-layer random BERT and its WordPiece tokenizer under `path`."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIAL + WORDS + SUBWORDS
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf8")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(str(path))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(str(path))
+    return path
+
+
+def sentence(rng: random.Random, sentiment: str) -> str:
+    words = POSITIVE if sentiment == "POS" else NEGATIVE
+    noun = rng.choice(NOUNS)
+    template = rng.choice([
+        "the {n} was {a} .", "a {a} and {b} {n} .", "this {n} is very {a} !",
+        "it was a really {a} {n} , quite {b} .", "that {n} was {a} but {b} .",
+    ])
+    return template.format(n=noun, a=rng.choice(words), b=rng.choice(words))
+
+
+def toy_texts(n: int, seed: int = 0) -> List[Tuple[str, str]]:
+    rng = random.Random(seed)
+    return [(sentence(rng, label), label) for label in ("POS", "NEG") for _ in range(n // 2)]
+
+
+def transformer_config(model_path: Path, window: int = 128, stride: int = 96) -> Dict:
+    return {"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3",
+        "name": str(model_path),
+        "tokenizer_config": {"use_fast": True},
+        "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1",
+                      "window": window, "stride": stride},
+    }}
+
+
+LISTENER = {"@architectures": "spacy-transformers.TransformerListener.v1", "grad_factor": 1.0,
+            "pooling": {"@layers": "reduce_mean.v1"}}
+
+
+def head_config(head: str) -> Dict:
+    if head == "tagger":
+        return {"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": LISTENER}}
+    return {"model": {"@architectures": "spacy.TextCatReduce.v1",
+                      "exclusive_classes": head == "textcat",
+                      "use_reduce_first": False, "use_reduce_last": False,
+                      "use_reduce_max": False, "use_reduce_mean": True, "tok2vec": LISTENER}}
+
+
+def build_pipeline(model_path: Path, head: str, n_epochs: int = 6, seed: int = 0,
+                   window: int = 128, stride: int = 96) -> Language:
+    """A `transformer` + `head` pipeline trained a few epochs on toy data."""
+    spacy.util.fix_random_seed(seed)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config=transformer_config(model_path, window, stride))
+    nlp.add_pipe(head, config=head_config(head))
+    examples = []
+    for text, label in toy_texts(24, seed):
+        doc = nlp.make_doc(text)
+        if head == "tagger":
+            annotation = {"tags": [tag_of(t.text) for t in doc]}
+        elif head == "textcat":
+            annotation = {"cats": {"POS": float(label == "POS"), "NEG": float(label == "NEG")}}
+        else:
+            annotation = {"cats": {"POS": float(label == "POS"), "NEG": float(label == "NEG"),
+                                   "LONG": float(len(doc) > 6)}}
+        examples.append(Example.from_dict(doc, annotation))
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 1e-3
+    rng = random.Random(seed)
+    for _ in range(n_epochs):
+        rng.shuffle(examples)
+        for start in range(0, len(examples), 8):
+            nlp.update(examples[start:start + 8], sgd=optimizer, drop=0.1)
+    return nlp
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def textcat_nlp(tiny_bert) -> Language:
+    return build_pipeline(tiny_bert, "textcat")
+
+
+@pytest.fixture(scope="session")
+def multilabel_nlp(tiny_bert) -> Language:
+    return build_pipeline(tiny_bert, "textcat_multilabel")
+
+
+@pytest.fixture(scope="session")
+def tagger_nlp(tiny_bert) -> Language:
+    return build_pipeline(tiny_bert, "tagger")
+
+
+@pytest.fixture(scope="session")
+def texts() -> List[str]:
+    return [
+        "A warm, witty and wise film.",
+        "the plot was dull and slow .",
+        "this movie is very good !",
+        "that actor was awful but the story was great .",
+        "it was fun",
+        "unboring storyer",
+        "a really brilliant , quite wonderful movie . the actor was good and the story was warm .",
+        "terrible",
+    ]

@@ -17,6 +17,7 @@ its mode restored after, parameters are excluded from autograd, the head's dropo
 thinc gradients are removed after each backprop, and weights are never written.
 """
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -35,6 +36,16 @@ from thinc.api import Model, torch2xp, xp2torch
 from transformers.file_utils import ModelOutput
 
 AttributionSite = Union[str, int]
+
+
+def _single_threaded_torch() -> None:
+    torch.set_num_threads(1)
+
+
+# `nlp.pipe(n_process=…)` forks. A child that uses torch's OpenMP pool, initialised in the parent, hangs
+# (with or without attribution components); one thread per child is also what torch's DataLoader workers
+# use.
+os.register_at_fork(after_in_child=_single_threaded_torch)
 OUTPUTS = ("log_prob", "prob", "logit")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SUPPORTED_HEADS = ("textcat", "textcat_multilabel", "tagger")

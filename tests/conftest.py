@@ -89,7 +89,7 @@ def head_config(head: str) -> Dict:
                       "use_reduce_max": False, "use_reduce_mean": True, "tok2vec": LISTENER}}
 
 
-def build_pipeline(model_path: Path, head: str, n_epochs: int = 6, seed: int = 0,
+def build_pipeline(model_path: Path, head: str, n_epochs: int = 8, seed: int = 0,
                    window: int = 128, stride: int = 96) -> Language:
     """A `transformer` + `head` pipeline trained a few epochs on toy data."""
     spacy.util.fix_random_seed(seed)
@@ -108,7 +108,7 @@ def build_pipeline(model_path: Path, head: str, n_epochs: int = 6, seed: int = 0
                                    "LONG": float(len(doc) > 6)}}
         examples.append(Example.from_dict(doc, annotation))
     optimizer = nlp.initialize(lambda: examples)
-    optimizer.learn_rate = 1e-3
+    optimizer.learn_rate = 3e-3
     rng = random.Random(seed)
     for _ in range(n_epochs):
         rng.shuffle(examples)
@@ -125,6 +125,14 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def textcat_nlp(tiny_bert) -> Language:
     return build_pipeline(tiny_bert, "textcat")
+
+
+@pytest.fixture(scope="session")
+def textcat_dir(textcat_nlp, tmp_path_factory) -> Path:
+    """The textcat pipeline saved to disk, as a user would ship it."""
+    path = tmp_path_factory.mktemp("textcat_pipeline")
+    textcat_nlp.to_disk(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -149,3 +157,34 @@ def texts() -> List[str]:
         "a really brilliant , quite wonderful movie . the actor was good and the story was warm .",
         "terrible",
     ]
+
+
+def make_method(nlp: Language, factory: str, **config):
+    """An attribution component for `nlp`, created without adding it to the shared pipeline."""
+    return nlp.create_pipe(factory, config=config)
+
+
+def explain(nlp: Language, factory: str, texts: List[str], **config):
+    """Docs of `texts` (made by `nlp`, so the head's own predictions are there too) explained by a new
+    `factory` component."""
+    component = make_method(nlp, factory, **config)
+    docs = list(nlp.pipe(texts))
+    component.set_annotations(docs, component.predict(docs))
+    return component, docs
+
+
+def weights_snapshot(nlp: Language) -> Dict[str, object]:
+    """Every torch parameter and thinc parameter of the pipeline, copied."""
+    snapshot: Dict[str, object] = {}
+    for name, pipe in nlp.pipeline:
+        model = getattr(pipe, "model", None)
+        if model is None:
+            continue
+        for node in model.walk():
+            for param in node.param_names:
+                if node.has_param(param):
+                    snapshot[f"{name}/{node.id}/{param}"] = node.get_param(param).copy()
+    hf = nlp.get_pipe("transformer").model.transformer
+    for key, tensor in hf.state_dict().items():
+        snapshot[f"hf/{key}"] = tensor.detach().clone()
+    return snapshot

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 from spacy.language import Language
+from spacy.tokens import Doc
 
 from ..differentiable import EncodedBatch
 from ..targets import LabelsSetting
@@ -101,14 +102,23 @@ class SmoothGrad(AttributionComponent):
         real = inputs[start:start + n][batch.attention_mask[start:start + n].bool()]
         return float(self.cfg["noise_level"] * (real.max() - real.min())) if real.numel() else 0.0
 
+    def noise_seed(self, doc: Doc) -> int:
+        """The seed of a doc's noise: the `seed` setting and the doc's text, nothing else."""
+        return self.cfg["seed"] + zlib.crc32(doc.text.encode("utf8"))
+
     def noise(self, batch: EncodedBatch, inputs: torch.Tensor, d: int) -> torch.Tensor:
-        """(n_samples, rows, T, hidden) noise for doc `d`, drawn from a generator seeded by the doc."""
+        """(n_samples, rows, T, hidden) noise for doc `d`, drawn from a generator seeded by the doc.
+
+        It is drawn at the doc's own width and zero-padded to the batch's, so that it does not depend on
+        the other docs of the batch (padding positions are masked out of attention anyway)."""
         start, n = batch.row_starts[d], batch.rows[d]
-        shape = (self.cfg["n_samples"] * n,) + tuple(inputs.shape[1:])
-        seed = self.cfg["seed"] + zlib.crc32(batch.docs[d].text.encode("utf8"))
-        generator = torch.Generator(device=inputs.device).manual_seed(seed)
+        width = int(batch.attention_mask[start:start + n].sum(1).max())
+        shape = (self.cfg["n_samples"] * n, width, inputs.shape[-1])
+        generator = torch.Generator(device=inputs.device).manual_seed(self.noise_seed(batch.docs[d]))
         std = torch.full(shape, self.sigma(batch, inputs, d), device=inputs.device)
-        return torch.normal(0.0, std, generator=generator).reshape((self.cfg["n_samples"], n) + shape[1:])
+        noise = torch.nn.functional.pad(torch.normal(0.0, std, generator=generator),
+                                        (0, 0, 0, inputs.shape[1] - width))
+        return noise.reshape((self.cfg["n_samples"], n) + tuple(inputs.shape[1:]))
 
 
 @Language.factory("attr_saliency", default_config={**DEFAULT_CONFIG, "reduction": "l2"})

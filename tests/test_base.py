@@ -1,0 +1,131 @@
+"""The component base: configuration, targets, bad input, serialization, entry points."""
+
+from importlib.metadata import entry_points
+
+import numpy
+import pytest
+import spacy
+from spacy.language import Language
+
+from conftest import explain, make_method
+
+FACTORIES = ["attr_saliency", "attr_gradient_x_input", "attr_integrated_gradients", "attr_smoothgrad"]
+
+
+def test_factories_are_entry_points():
+    found = {ep.name: ep for ep in entry_points(group="spacy_factories")}
+    for factory in FACTORIES:
+        found[factory].load()  # what spaCy does on a lookup of an unknown factory name
+        assert Language.has_factory(factory)
+
+
+def test_user_first_contact(textcat_dir):
+    """`spacy.load`, `add_pipe`, `doc._.attributions`: the whole first contact, on a saved pipeline."""
+    nlp = spacy.load(textcat_dir)
+    nlp.add_pipe("attr_integrated_gradients")
+    doc = nlp("A warm, witty and wise film.")
+    predicted = max(doc.cats, key=doc.cats.get)
+    attribution = doc._.attributions["integrated_gradients"][predicted]
+    assert attribution.scores.shape == (len(doc),)
+    assert abs(attribution.delta) <= 0.01 * abs(attribution.output - attribution.extras["baseline_output"])
+
+
+def test_saved_pipeline_with_attribution_component(textcat_dir, tmp_path):
+    nlp = spacy.load(textcat_dir)
+    nlp.add_pipe("attr_smoothgrad", config={"n_samples": 3, "labels": ["NEG"], "key": "sg"})
+    nlp.to_disk(tmp_path / "with_attr")
+    loaded = spacy.load(tmp_path / "with_attr")
+    assert loaded.get_pipe("attr_smoothgrad").cfg == nlp.get_pipe("attr_smoothgrad").cfg
+    text = "the plot was dull and slow ."
+    a = nlp(text)._.attributions["sg"]["NEG"]
+    b = loaded(text)._.attributions["sg"]["NEG"]
+    numpy.testing.assert_allclose(a.wordpiece_scores, b.wordpiece_scores, atol=1e-6)
+
+
+@pytest.mark.parametrize("labels,expected", [("all", {"POS", "NEG"}), (["NEG"], {"NEG"})])
+def test_labels_setting(textcat_nlp, labels, expected):
+    _, (doc,) = explain(textcat_nlp, "attr_gradient_x_input", ["this movie is very good !"], labels=labels)
+    assert set(doc._.attributions["gradient_x_input"]) == expected
+
+
+def test_all_labels_of_an_exclusive_head_sum_to_zero_in_prob_space(textcat_nlp):
+    """With output = prob and two exclusive labels, p(POS) + p(NEG) = 1, so their gradients cancel."""
+    _, (doc,) = explain(textcat_nlp, "attr_gradient_x_input", ["the story was warm"], labels="all",
+                        output="prob")
+    by_label = doc._.attributions["gradient_x_input"]
+    numpy.testing.assert_allclose(by_label["POS"].wordpiece_scores, -by_label["NEG"].wordpiece_scores, atol=1e-6)
+
+
+def test_multilabel_predicted_labels(multilabel_nlp, texts):
+    _, docs = explain(multilabel_nlp, "attr_saliency", texts)
+    for doc in docs:
+        predicted = {label for label, p in doc.cats.items() if p >= 0.5}
+        assert set(doc._.attributions["saliency"]) == predicted
+
+
+def test_tagger_all_labels(tagger_nlp):
+    component, (doc,) = explain(tagger_nlp, "attr_gradient_x_input", ["it was fun"], labels="all")
+    for token in doc:
+        assert set(token._.attributions["gradient_x_input"]) == set(component.view.labels)
+
+
+def test_empty_and_whitespace_docs(textcat_nlp):
+    _, (empty, blank, mixed) = explain(textcat_nlp, "attr_integrated_gradients", ["", "   ", "good \n film"],
+                                       n_steps=4)
+    assert empty._.attributions == {"integrated_gradients": {}}
+    (attribution,) = blank._.attributions["integrated_gradients"].values()
+    numpy.testing.assert_array_equal(attribution.scores, numpy.zeros(len(blank)))
+    (attribution,) = mixed._.attributions["integrated_gradients"].values()
+    whitespace = [t.i for t in mixed if t.is_space]
+    assert whitespace and all(attribution.scores[i] == 0 for i in whitespace)
+
+
+def test_unknown_label_is_a_clear_error(textcat_nlp):
+    component = make_method(textcat_nlp, "attr_saliency", labels=["POSITIVE"])
+    with pytest.raises(ValueError, match=r"Unknown label\(s\) \['POSITIVE'\].*'POS', 'NEG'"):
+        component(textcat_nlp.make_doc("good"))
+    with pytest.raises(ValueError, match="labels must be 'predicted', 'all' or a list"):
+        make_method(textcat_nlp, "attr_saliency", labels="top")
+
+
+def test_bad_common_settings(textcat_nlp):
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        make_method(textcat_nlp, "attr_saliency", aggregation="median")
+    with pytest.raises(ValueError, match="output must be one of"):
+        make_method(textcat_nlp, "attr_saliency", output="entropy")(textcat_nlp.make_doc("good"))
+    with pytest.raises(ValueError, match="No component named 'parser'"):
+        make_method(textcat_nlp, "attr_saliency", target="parser")(textcat_nlp.make_doc("good"))
+
+
+def test_no_transformer_fails_on_initialize():
+    nlp = spacy.blank("en")
+    textcat = nlp.add_pipe("textcat")
+    textcat.add_label("POS")
+    textcat.add_label("NEG")
+    nlp.add_pipe("attr_saliency")
+    with pytest.raises(ValueError, match="no spacy-transformers 'transformer' component"):
+        nlp.initialize()
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "max_abs"])
+def test_aggregation_setting(textcat_nlp, aggregation):
+    _, (doc,) = explain(textcat_nlp, "attr_gradient_x_input", ["unboring storyer ."], aggregation=aggregation)
+    (attribution,) = doc._.attributions["gradient_x_input"].values()
+    for token, pieces in zip(doc, attribution.alignment):
+        values = attribution.wordpiece_scores[pieces]
+        expected = values.mean() if aggregation == "mean" else values[numpy.abs(values).argmax()]
+        assert attribution.scores[token.i] == pytest.approx(expected, abs=1e-7)
+
+
+def test_long_docs_span_several_windows(tiny_bert):
+    """A doc longer than the span window is split into strided windows; completeness holds over all
+    of them and a token in two windows collects both windows' scores."""
+    from conftest import build_pipeline
+
+    nlp = build_pipeline(tiny_bert, "textcat", n_epochs=1, window=16, stride=12)
+    text = " ".join(["the film was good and the plot was warm ."] * 4)
+    _, (doc,) = explain(nlp, "attr_integrated_gradients", [text])
+    (attribution,) = doc._.attributions["integrated_gradients"].values()
+    assert attribution.wordpieces.count("[CLS]") > 1
+    assert max(len(pieces) for pieces in attribution.alignment) == 2  # overlapping windows
+    assert attribution.extras["relative_delta"] < 0.01

@@ -1,0 +1,177 @@
+"""The differentiable view: the same predictions as the pipeline, every supported head, no side effects."""
+
+import numpy
+import pytest
+import spacy
+import torch
+
+from spacy_attrib.differentiable import DifferentiableView
+
+from conftest import LISTENER, explain, weights_snapshot
+
+METHODS = ["attr_saliency", "attr_gradient_x_input", "attr_integrated_gradients", "attr_smoothgrad"]
+SMALL = {"attr_integrated_gradients": {"n_steps": 8}, "attr_smoothgrad": {"n_samples": 3}}
+
+
+def test_scores_reproduce_the_pipeline_textcat(textcat_nlp, texts):
+    view = DifferentiableView(textcat_nlp, output="prob")
+    docs = list(textcat_nlp.pipe(texts))
+    with view.frozen(), torch.no_grad():
+        scores = view.forward(view.encode(docs)).scores[:, 0]
+    for doc, row in zip(docs, scores):
+        expected = [doc.cats[label] for label in view.labels]
+        numpy.testing.assert_allclose(row.numpy(), expected, atol=1e-5)
+
+
+def test_scores_reproduce_the_pipeline_multilabel(multilabel_nlp, texts):
+    view = DifferentiableView(multilabel_nlp, output="prob")
+    assert not view.exclusive
+    docs = list(multilabel_nlp.pipe(texts))
+    with view.frozen(), torch.no_grad():
+        scores = view.forward(view.encode(docs)).scores[:, 0]
+    for doc, row in zip(docs, scores):
+        numpy.testing.assert_allclose(row.numpy(), [doc.cats[label] for label in view.labels], atol=1e-5)
+
+
+def test_scores_reproduce_the_pipeline_tagger(tagger_nlp, texts):
+    view = DifferentiableView(tagger_nlp)
+    assert view.per_token
+    docs = list(tagger_nlp.pipe(texts))
+    with view.frozen(), torch.no_grad():
+        output = view.forward(view.encode(docs))
+    for j, doc in enumerate(docs):
+        predicted = [view.labels[i] for i in output.scores[j, :len(doc)].argmax(-1).tolist()]
+        assert predicted == [token.tag_ for token in doc]
+        log_probs = output.scores[j, :len(doc)]
+        numpy.testing.assert_allclose(log_probs.exp().sum(-1).numpy(), 1.0, atol=1e-5)
+
+
+def test_log_prob_is_log_of_prob(textcat_nlp, texts):
+    docs = [textcat_nlp.make_doc(t) for t in texts]
+    outputs = {}
+    for output in ("log_prob", "prob", "logit"):
+        view = DifferentiableView(textcat_nlp, output=output)
+        with view.frozen(), torch.no_grad():
+            outputs[output] = view.forward(view.encode(docs)).scores
+    numpy.testing.assert_allclose(outputs["log_prob"].exp().numpy(), outputs["prob"].numpy(), atol=1e-6)
+    numpy.testing.assert_allclose(torch.log_softmax(outputs["logit"], -1).numpy(), outputs["log_prob"].numpy(),
+                                  atol=1e-5)
+
+
+def test_gradient_reaches_the_input_and_matches_finite_differences(textcat_nlp):
+    view = DifferentiableView(textcat_nlp)
+    batch = view.encode([textcat_nlp.make_doc("this movie is very good !")])
+    with view.frozen():
+        inputs = view.capture(batch).requires_grad_(True)
+        value = view.forward(batch, inputs).scores[0, 0, 0]
+        (grad,) = torch.autograd.grad(value, inputs)
+        direction = torch.randn(inputs.shape, generator=torch.Generator().manual_seed(0))
+        direction = direction * batch.attention_mask.unsqueeze(-1)
+        eps = 1e-2
+        with torch.no_grad():
+            plus = view.forward(batch, inputs + eps * direction).scores[0, 0, 0]
+            minus = view.forward(batch, inputs - eps * direction).scores[0, 0, 0]
+    numerical = float(plus - minus) / (2 * eps)
+    assert float((grad * direction).sum()) == pytest.approx(numerical, rel=2e-2, abs=1e-4)
+
+
+def test_layer_site(textcat_nlp):
+    """IG at layer 1's output also sums to f(x) − f(x′) (x′: the baseline text's layer-1 states)."""
+    _, (doc,) = explain(textcat_nlp, "attr_integrated_gradients", ["the plot was dull and slow ."],
+                        attribute_at=1)
+    attribution = next(iter(doc._.attributions["integrated_gradients"].values()))
+    assert attribution.extras["relative_delta"] < 0.01
+    with pytest.raises(ValueError, match="layer must be in 0..2"):
+        DifferentiableView(textcat_nlp, attribute_at=3)
+
+
+def test_perturbed_ids_forward(textcat_nlp):
+    view = DifferentiableView(textcat_nlp)
+    batch = view.encode([textcat_nlp.make_doc("the plot was dull")])
+    masked = batch.input_ids.clone()
+    masked[0, 1:-1] = view.token_id("mask")
+    with view.frozen(), torch.no_grad():
+        original = view.forward(batch).scores
+        again = view.forward(batch, input_ids=batch.input_ids).scores
+        perturbed = view.forward(batch, input_ids=masked).scores
+        baseline = view.forward(batch, view.capture(batch, masked)).scores
+    torch.testing.assert_close(original, again)
+    torch.testing.assert_close(perturbed, baseline)
+    assert not torch.allclose(original, perturbed)
+
+
+@pytest.mark.parametrize("factory", METHODS)
+@pytest.mark.parametrize("pipeline", ["textcat_nlp", "tagger_nlp"])
+def test_methods_leave_the_model_untouched(request, pipeline, factory):
+    """Weights bit-identical, no gradient on any parameter (torch or thinc), modes restored, same result
+    twice."""
+    nlp = request.getfixturevalue(pipeline)
+    hf = nlp.get_pipe("transformer").model.transformer
+    hf.train()  # as spacy-transformers leaves it after each prediction
+    before = weights_snapshot(nlp)
+    head = nlp.get_pipe(nlp.pipe_names[1])
+    thinc_grads_before = {(n.id, g) for n in head.model.walk() for g in n.grad_names}
+    # Training through spacy-transformers leaves zeroed .grad tensors; a loaded pipeline has none.
+    torch_grads_before = [None if p.grad is None else p.grad.clone() for p in hf.parameters()]
+    texts = ["the plot was dull and slow .", "this movie is very good !"]
+    _, first = explain(nlp, factory, texts, **SMALL.get(factory, {}))
+    _, second = explain(nlp, factory, texts, **SMALL.get(factory, {}))
+    after = weights_snapshot(nlp)
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, after[key]), key
+        else:
+            assert numpy.array_equal(value, after[key]), key
+    for param, grad in zip(hf.parameters(), torch_grads_before):
+        assert (param.grad is None) if grad is None else torch.equal(param.grad, grad)
+    assert all(p.requires_grad for p in hf.parameters())
+    assert hf.training
+    assert {(n.id, g) for n in head.model.walk() for g in n.grad_names} == thinc_grads_before
+    for doc_a, doc_b in zip(first, second):
+        for key, by_label in doc_a._.attributions.items():
+            for label, attribution in by_label.items():
+                numpy.testing.assert_array_equal(attribution.wordpiece_scores,
+                                                 doc_b._.attributions[key][label].wordpiece_scores)
+        for token_a, token_b in zip(doc_a, doc_b):
+            for key, by_label in token_a._.attributions.items():
+                for label, attribution in by_label.items():
+                    numpy.testing.assert_array_equal(attribution.scores,
+                                                     token_b._.attributions[key][label].scores)
+
+
+def test_loaded_pipeline_gets_no_gradients(textcat_dir):
+    nlp = spacy.load(textcat_dir)
+    _, docs = explain(nlp, "attr_integrated_gradients", ["the plot was dull"], n_steps=4)
+    assert docs[0]._.attributions["integrated_gradients"]
+    assert all(p.grad is None for p in nlp.get_pipe("transformer").model.transformer.parameters())
+
+
+def test_no_transformer_is_a_clear_error():
+    nlp = spacy.blank("en")
+    nlp.add_pipe("textcat")
+    with pytest.raises(ValueError, match="no spacy-transformers 'transformer' component"):
+        DifferentiableView(nlp)
+
+
+def test_head_that_does_not_listen_is_a_clear_error(textcat_nlp):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", source=textcat_nlp)
+    nlp.add_pipe("textcat")  # a bag-of-words textcat with its own tok2vec
+    nlp.get_pipe("textcat").add_label("POS")
+    with pytest.raises(ValueError, match="does not listen to the transformer"):
+        DifferentiableView(nlp, "textcat")
+    with pytest.raises(ValueError, match="No supported head listens"):
+        DifferentiableView(nlp)
+    with pytest.raises(ValueError, match="No component named 'ner'"):
+        DifferentiableView(nlp, "ner")
+
+
+def test_several_heads_need_a_choice(textcat_nlp):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", source=textcat_nlp)
+    nlp.add_pipe("textcat", source=textcat_nlp)
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": LISTENER}})
+    with pytest.raises(ValueError, match="Several heads listen"):
+        DifferentiableView(nlp)
+    assert DifferentiableView(nlp, "textcat").labels == ("POS", "NEG")

@@ -188,3 +188,14 @@ def weights_snapshot(nlp: Language) -> Dict[str, object]:
     for key, tensor in hf.state_dict().items():
         snapshot[f"hf/{key}"] = tensor.detach().clone()
     return snapshot
+
+
+@pytest.fixture(scope="session")
+def saturated_nlp(textcat_dir) -> Language:
+    """The trained textcat sharpened to near-certainty (output layer × 100): along the integration path
+    its log-probability jumps by tens of nats within a few percent of the path."""
+    nlp = spacy.load(textcat_dir)
+    softmax = next(node for node in nlp.get_pipe("textcat").model.walk() if node.name == "softmax")
+    softmax.set_param("W", softmax.get_param("W") * 100)
+    softmax.set_param("b", softmax.get_param("b") * 100)
+    return nlp

@@ -128,3 +128,43 @@ def test_bad_settings_fail_clearly(textcat_nlp):
         make_method(textcat_nlp, "attr_integrated_gradients", method="simpson")
     with pytest.raises(ValueError, match="baseline must be one of"):
         make_method(textcat_nlp, "attr_integrated_gradients", baseline="random")
+
+
+SATURATING = ["a good film", "a warm film", "the actor was dull", "the plot was dull and slow ."]
+
+
+def ig_results(nlp, texts, **config):
+    _, docs = explain(nlp, "attr_integrated_gradients", texts, **config)
+    return [next(iter(doc._.attributions["integrated_gradients"].values())) for doc in docs]
+
+
+def test_auto_steps_certify_completeness_with_fewer_evaluations(saturated_nlp):
+    """On a near-certain classifier, 50 uniform steps leave gaps of several percent; `auto` meets the
+    tolerance with fewer gradient evaluations, and uniform steps at auto's count do not."""
+    auto = ig_results(saturated_nlp, SATURATING, n_steps="auto", tolerance=0.01)
+    uniform_50 = ig_results(saturated_nlp, SATURATING, n_steps=50)
+    assert max(u.extras["relative_delta"] for u in uniform_50) > 0.03
+    for text, a, u in zip(SATURATING, auto, uniform_50):
+        assert a.extras["converged"]
+        assert a.extras["relative_delta"] <= a.extras["gap_bound"] + 1e-6 <= 0.01 + 1e-6
+        if u.extras["relative_delta"] > 0.01:
+            assert a.extras["n_steps"] < 50
+            (same_count,) = ig_results(saturated_nlp, [text], n_steps=a.extras["n_steps"])
+            assert same_count.extras["relative_delta"] > 0.01
+
+
+def test_auto_steps_converge_to_the_uniform_result(saturated_nlp):
+    auto = ig_results(saturated_nlp, SATURATING, n_steps="auto", tolerance=1e-3)
+    reference = ig_results(saturated_nlp, SATURATING, n_steps=1000)
+    for a, r in zip(auto, reference):
+        assert r.extras["relative_delta"] < 1e-4
+        scale = abs(r.output - r.extras["baseline_output"])
+        numpy.testing.assert_allclose(a.wordpiece_scores, r.wordpiece_scores, atol=1e-3 * scale)
+        assert a.extras["n_steps"] <= 64
+
+
+def test_auto_steps_respect_max_steps(saturated_nlp):
+    (result,) = ig_results(saturated_nlp, ["a good film"], n_steps="auto", tolerance=1e-6, max_steps=16)
+    assert result.extras["n_steps"] <= 16
+    assert not result.extras["converged"]
+    assert result.extras["relative_delta"] <= result.extras["gap_bound"] + 1e-6

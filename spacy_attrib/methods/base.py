@@ -201,36 +201,42 @@ def slot_gradients(output: ViewOutput, targets: List[List[Target]]) -> Iterator[
 
 @dataclass
 class InstanceChunk:
-    """Instances (doc, point) processed in one forward/backward: which doc and point each one is, and
-    the batch rows each instance row copies."""
+    """Instances processed in one forward/backward. An instance is a copy of one doc of the batch (at
+    one integration point, one noise sample, …); `instances` index the caller's list of instances."""
 
+    instances: List[int]
     doc_index: List[int]
-    points: List[int]
-    rows: torch.Tensor
-    row_points: torch.Tensor  # the point of each instance row
+    rows: torch.Tensor  # the batch row each instance row copies
+    row_instance: torch.Tensor  # the caller's index of the instance each row belongs to
+    offsets: List[int]  # where each instance's rows start in the chunk
+
+    def split(self, values: torch.Tensor, batch: EncodedBatch) -> List[torch.Tensor]:
+        """Per-instance slices of a tensor over the chunk's rows."""
+        return [values[start:start + batch.rows[d]] for start, d in zip(self.offsets, self.doc_index)]
 
 
-def instance_chunks(batch: EncodedBatch, n_points: int, max_rows: int) -> Iterator[InstanceChunk]:
-    """Split the (doc, point) instances of a batch into chunks of at most `max_rows` transformer rows
-    (an instance larger than that forms a chunk of its own)."""
-    doc_index: List[int] = []
-    points: List[int] = []
+def instance_chunks(batch: EncodedBatch, instance_docs: Sequence[int], max_rows: int) -> Iterator[InstanceChunk]:
+    """Split instances (given by the doc each one copies) into chunks of at most `max_rows` transformer
+    rows; an instance larger than that forms a chunk of its own. Docs without rows are skipped."""
+    device = batch.input_ids.device
+    chunk: List[int] = []
     n_rows = 0
 
-    def chunk() -> InstanceChunk:
-        row_points = [p for d, p in zip(doc_index, points) for _ in range(batch.rows[d])]
-        return InstanceChunk(list(doc_index), list(points), batch.row_index(doc_index),
-                             torch.tensor(row_points, dtype=torch.long, device=batch.input_ids.device))
+    def make() -> InstanceChunk:
+        doc_index = [instance_docs[i] for i in chunk]
+        row_instance = [i for i in chunk for _ in range(batch.rows[instance_docs[i]])]
+        offsets = numpy.concatenate([[0], numpy.cumsum([batch.rows[d] for d in doc_index])[:-1]])
+        return InstanceChunk(list(chunk), doc_index, batch.row_index(doc_index),
+                             torch.tensor(row_instance, dtype=torch.long, device=device),
+                             offsets.astype(int).tolist())
 
-    for d in range(len(batch.docs)):
+    for i, d in enumerate(instance_docs):
         if batch.rows[d] == 0:
             continue
-        for p in range(n_points):
-            if doc_index and n_rows + batch.rows[d] > max_rows:
-                yield chunk()
-                doc_index, points, n_rows = [], [], 0
-            doc_index.append(d)
-            points.append(p)
-            n_rows += batch.rows[d]
-    if doc_index:
-        yield chunk()
+        if chunk and n_rows + batch.rows[d] > max_rows:
+            yield make()
+            chunk, n_rows = [], 0
+        chunk.append(i)
+        n_rows += batch.rows[d]
+    if chunk:
+        yield make()

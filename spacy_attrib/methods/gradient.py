@@ -81,8 +81,9 @@ class SmoothGrad(AttributionComponent):
             n_slots = max((len(t) for t in targets), default=0)
             total = [torch.zeros_like(inputs) for _ in range(n_slots)]
             total_sq = [torch.zeros_like(inputs) for _ in range(n_slots)]
-            for chunk in instance_chunks(batch, n_samples, cfg["internal_batch_size"]):
-                noisy = inputs[chunk.rows] + torch.cat([noise[d][p] for d, p in zip(chunk.doc_index, chunk.points)])
+            samples = [(d, k) for d in range(len(batch.docs)) for k in range(n_samples)]
+            for chunk in instance_chunks(batch, [d for d, _ in samples], cfg["internal_batch_size"]):
+                noisy = inputs[chunk.rows] + torch.cat([noise[d][k] for d, k in (samples[i] for i in chunk.instances)])
                 noisy.requires_grad_(True)
                 chunk_output = view.forward(batch, noisy, doc_index=chunk.doc_index)
                 for slot, grad in slot_gradients(chunk_output, targets):

@@ -13,7 +13,8 @@ or [UNK]; ``zero`` is the zero tensor. Steps of several docs go through the tran
 `internal_batch_size` rows per forward/backward.
 """
 
-from typing import Any, Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import torch
@@ -21,10 +22,12 @@ from spacy.language import Language
 
 from ..differentiable import DifferentiableView, EncodedBatch
 from ..targets import LabelsSetting, Target
+from ..targets import slot_values
 from .base import DEFAULT_CONFIG, AttributionComponent, WordpieceMap, instance_chunks, slot_gradients
 
 QUADRATURES = ("gausslegendre", "riemann_trapezoid")
 BASELINES = ("pad", "mask", "unk", "zero")
+OUTPUT_FLOOR = 1e-3
 
 
 def quadrature(n_steps: int, method: str) -> Tuple[numpy.ndarray, numpy.ndarray]:
@@ -54,12 +57,72 @@ def baseline_inputs(view: DifferentiableView, batch: EncodedBatch, inputs: torch
     return view.capture(batch, ids)
 
 
+class StraightPath:
+    """The straight path x′ + α(x − x′) for the docs of a batch: the targets' outputs along it (no-grad
+    forwards) and their gradients (forward + backward), for any points, batched across docs and points
+    at most `max_rows` transformer rows at a time."""
+
+    def __init__(self, view: DifferentiableView, batch: EncodedBatch, inputs: torch.Tensor,
+                 baseline: torch.Tensor, targets: List[List[Target]], max_rows: int):
+        self.view, self.batch, self.targets, self.max_rows = view, batch, targets, max_rows
+        self.baseline, self.difference = baseline, inputs - baseline
+        self.n_slots = max((len(t) for t in targets), default=0)
+
+    def _points(self, chunk, alphas: torch.Tensor) -> torch.Tensor:
+        alpha = alphas[chunk.row_instance].view(-1, 1, 1)
+        return self.baseline[chunk.rows] + alpha * self.difference[chunk.rows]
+
+    def outputs(self, points: Sequence[Tuple[int, float]]) -> torch.Tensor:
+        """f of each target slot at each (doc, α), shaped (points, slots)."""
+        alphas = self._alphas([alpha for _, alpha in points])
+        values = torch.zeros((len(points), self.n_slots), device=alphas.device)
+        with torch.no_grad():
+            for chunk in instance_chunks(self.batch, [d for d, _ in points], self.max_rows):
+                output = self.view.forward(self.batch, self._points(chunk, alphas), doc_index=chunk.doc_index)
+                for slot in range(self.n_slots):
+                    values[chunk.instances, slot] = slot_values(output.scores, chunk.doc_index, self.targets, slot)
+        return values
+
+    def gradient_maps(self, points: Sequence[Tuple[int, float, float]]) -> List[torch.Tensor]:
+        """w · Σ_h (x − x′)_h ∂f/∂x_h at each (doc, α, w): one (slots, rows, T) map per point."""
+        alphas = self._alphas([alpha for _, alpha, _ in points])
+        weights = self._alphas([weight for _, _, weight in points])
+        maps: List[torch.Tensor] = [None] * len(points)  # type: ignore[list-item]
+        for chunk in instance_chunks(self.batch, [d for d, _, _ in points], self.max_rows):
+            point = self._points(chunk, alphas).requires_grad_(True)
+            output = self.view.forward(self.batch, point, doc_index=chunk.doc_index)
+            per_slot = torch.zeros((self.n_slots,) + tuple(point.shape[:2]), device=point.device)
+            for slot, grad in slot_gradients(output, self.targets):
+                per_slot[slot] = (self.difference[chunk.rows] * grad).sum(-1)
+            per_slot = per_slot * weights[chunk.row_instance].view(1, -1, 1)
+            for i, values in zip(chunk.instances, chunk.split(per_slot.transpose(0, 1), self.batch)):
+                maps[i] = values.transpose(0, 1)
+        return maps
+
+    def _alphas(self, values: Sequence[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=self.difference.dtype, device=self.difference.device)
+
+
+@dataclass
+class Segment:
+    """[a, b] of the path with the targets' outputs at its ends and its quadrature's attribution map."""
+
+    a: float
+    b: float
+    f_a: torch.Tensor  # (slots,)
+    f_b: torch.Tensor
+    map: Optional[torch.Tensor] = None  # (slots, rows, T)
+
+    def gap(self, scale: torch.Tensor) -> float:
+        """Completeness gap of the segment, |Σ map − (f(b) − f(a))|, relative to `scale`, worst slot."""
+        return float(((self.map.sum((1, 2)) - (self.f_b - self.f_a)).abs() / scale).max())
+
+
 class IntegratedGradients(AttributionComponent):
     method_name = "integrated_gradients"
 
     def explain(self, batch: EncodedBatch) -> List[List[WordpieceMap]]:
         view, cfg = self.view, self.cfg
-        alphas, weights = quadrature(cfg["n_steps"], cfg["method"])
         with view.frozen():
             inputs = view.capture(batch)
             baseline = baseline_inputs(view, batch, inputs, cfg["baseline"])
@@ -67,57 +130,139 @@ class IntegratedGradients(AttributionComponent):
                 output = view.forward(batch, inputs)
                 baseline_output = view.forward(batch, baseline)
             targets = self.targets(output, batch)
-            grads = self.integrated_gradients(batch, inputs, baseline, targets, alphas, weights)
-        per_slot = [((inputs - baseline) * g).sum(-1) for g in grads]
-        return self.maps(batch, targets, output, per_slot, self.completeness(batch, output, baseline_output, per_slot, targets))
-
-    def integrated_gradients(self, batch: EncodedBatch, inputs: torch.Tensor, baseline: torch.Tensor,
-                             targets: List[List[Target]], alphas: numpy.ndarray, weights: numpy.ndarray
-                             ) -> List[torch.Tensor]:
-        """Σ_k w_k ∂f(x′ + α_k(x − x′))/∂x per target slot, shaped like `inputs`."""
-        view = self.view
-        n_slots = max((len(t) for t in targets), default=0)
-        totals = [torch.zeros_like(inputs) for _ in range(n_slots)]
-        alpha = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device)
-        weight = torch.tensor(weights, dtype=inputs.dtype, device=inputs.device)
-        for chunk in instance_chunks(batch, len(alphas), self.cfg["internal_batch_size"]):
-            a = alpha[chunk.row_points].view(-1, 1, 1)
-            start, end = baseline[chunk.rows], inputs[chunk.rows]
-            path_point = (start + a * (end - start)).requires_grad_(True)
-            chunk_output = view.forward(batch, path_point, doc_index=chunk.doc_index)
-            for slot, grad in slot_gradients(chunk_output, targets):
-                totals[slot].index_add_(0, chunk.rows, grad * weight[chunk.row_points].view(-1, 1, 1))
-        return totals
-
-    @staticmethod
-    def completeness(batch: EncodedBatch, output, baseline_output, per_slot: List[torch.Tensor],
-                     targets: List[List[Target]]):
-        """δ = Σ IG − (f(x) − f(x′)) for each doc and target, with the relative gap."""
+            path = StraightPath(view, batch, inputs, baseline, targets, cfg["internal_batch_size"])
+            if cfg["n_steps"] == "auto":
+                maps, stats = self.adaptive(path, output, baseline_output)
+            else:
+                maps, stats = self.uniform(path), [{"n_steps": cfg["n_steps"]} for _ in batch.docs]
+        per_slot = [torch.cat([m[slot] if m is not None else inputs.new_zeros((batch.rows[d], batch.width))
+                               for d, m in enumerate(maps)]) for slot in range(path.n_slots)]
 
         def extras(d: int, target: Target) -> Dict[str, Any]:
-            slot = targets[d].index(target)
-            start, n = batch.row_starts[d], batch.rows[d]
-            total = float(per_slot[slot][start:start + n].sum())
             at = (d, target.position, target.label_index)
+            total = float(maps[d][targets[d].index(target)].sum())
             difference = float(output.scores[at] - baseline_output.scores[at])
             delta = total - difference
             return {"delta": delta, "relative_delta": abs(delta) / max(abs(difference), 1e-12),
-                    "baseline_output": float(baseline_output.scores[at])}
+                    "baseline_output": float(baseline_output.scores[at]), **stats[d]}
 
-        return extras
+        return self.maps(batch, targets, output, per_slot, extras)
+
+    def uniform(self, path: StraightPath) -> List[Optional[torch.Tensor]]:
+        """`n_steps` quadrature points over [0, 1] for every doc, summed per doc."""
+        alphas, weights = quadrature(self.cfg["n_steps"], self.cfg["method"])
+        docs = [d for d in range(len(path.batch.docs)) if path.batch.rows[d]]
+        points = [(d, float(a), float(w)) for d in docs for a, w in zip(alphas, weights)]
+        maps: List[Optional[torch.Tensor]] = [None] * len(path.batch.docs)
+        for (d, _, _), point_map in zip(points, path.gradient_maps(points)):
+            maps[d] = point_map if maps[d] is None else maps[d] + point_map
+        return maps
+
+    def adaptive(self, path: StraightPath, output, baseline_output) -> Tuple[List, List[Dict[str, Any]]]:
+        """Place gradient evaluations where the output changes, until completeness is certified.
+
+        1. Probe f at `probe_steps` − 1 interior points of a uniform grid with no-grad forwards (a third
+           of the cost of a gradient evaluation each).
+        2. Cut the path into `initial_segments` segments holding equal shares of a mix of the output's
+           variation |Δf| along the grid and of path length, so that segments are short where f moves.
+        3. Integrate each segment with 2-point Gauss–Legendre. Each segment's completeness gap
+           |Σ map − (f(b) − f(a))| is known exactly, since f at its ends comes from forward passes; their
+           sum bounds the doc's gap. Stop when the bound is within `tolerance` (relative to
+           |f(x) − f(x′)|), else bisect the segments with the largest gaps (one forward per midpoint)
+           and integrate the halves, within `max_steps` gradient evaluations per doc.
+        """
+        cfg, batch = self.cfg, path.batch
+        nodes, node_weights = quadrature(2, "gausslegendre")
+        probe = numpy.linspace(0.0, 1.0, cfg["probe_steps"] + 1)
+        docs = [d for d in range(len(batch.docs)) if batch.rows[d]]
+        n = len(batch.docs)
+        f_start = [self._slot_outputs(path, baseline_output, d) for d in range(n)]
+        f_end = [self._slot_outputs(path, output, d) for d in range(n)]
+        interior = path.outputs([(d, float(a)) for d in docs for a in probe[1:-1]]).view(len(docs), -1, path.n_slots)
+        segments: Dict[int, List[Segment]] = {}
+        for j, d in enumerate(docs):
+            f_grid = torch.cat([f_start[d][None], interior[j], f_end[d][None]])
+            segments[d] = [Segment(a, b, f_grid[i], f_grid[k]) for a, b, i, k in
+                           self._initial_cuts(probe, f_grid, cfg["initial_segments"])]
+        # Gaps are relative to |f(x) − f(x′)|; an output that moves less than OUTPUT_FLOOR along the path
+        # is held to OUTPUT_FLOOR × tolerance instead (float32 noise would never let it certify).
+        scale = {d: (f_end[d] - f_start[d]).abs().clamp_min(OUTPUT_FLOOR) for d in docs}
+        stats = [{"n_steps": 0, "n_probes": len(probe) - 2, "converged": False} for _ in range(n)]
+        pending = [(d, s) for d in docs for s in segments[d]]
+        while pending:
+            points = [(d, s.a + (s.b - s.a) * float(t), (s.b - s.a) * float(w))
+                      for d, s in pending for t, w in zip(nodes, node_weights)]
+            point_maps = path.gradient_maps(points)
+            for k, (d, segment) in enumerate(pending):
+                segment.map = sum(point_maps[len(nodes) * k:len(nodes) * (k + 1)])
+                stats[d]["n_steps"] += len(nodes)
+            splits = []
+            for d in {d for d, _ in pending}:
+                gaps = [s.gap(scale[d]) for s in segments[d]]
+                stats[d]["gap_bound"] = sum(gaps)
+                if sum(gaps) <= cfg["tolerance"]:
+                    stats[d]["converged"] = True
+                    continue
+                budget = (cfg["max_steps"] - stats[d]["n_steps"]) // (2 * len(nodes))
+                remaining = sum(gaps)
+                for i in numpy.argsort(gaps)[::-1][:budget]:
+                    splits.append((d, segments[d][i]))
+                    remaining -= gaps[i]
+                    if remaining <= cfg["tolerance"] / 2:
+                        break
+            midpoints = path.outputs([(d, (s.a + s.b) / 2) for d, s in splits]) if splits else None
+            pending = []
+            for (d, segment), f_mid in zip(splits, midpoints if splits else []):
+                middle = (segment.a + segment.b) / 2
+                halves = [Segment(segment.a, middle, segment.f_a, f_mid), Segment(middle, segment.b, f_mid, segment.f_b)]
+                at = segments[d].index(segment)
+                segments[d][at:at + 1] = halves
+                pending.extend((d, half) for half in halves)
+                stats[d]["n_probes"] += 1
+        maps = [sum(s.map for s in segments[d]) if d in segments else None for d in range(n)]
+        return maps, stats
+
+    @staticmethod
+    def _slot_outputs(path: StraightPath, output, d: int) -> torch.Tensor:
+        values = torch.zeros(path.n_slots, device=output.scores.device)
+        for slot, target in enumerate(path.targets[d]):
+            values[slot] = output.scores[d, target.position, target.label_index]
+        return values
+
+    @staticmethod
+    def _initial_cuts(grid: numpy.ndarray, f_grid: torch.Tensor, n_segments: int):
+        """(a, b, grid index of a, grid index of b) for segments holding equal shares of
+        ½ (variation of f) + ½ (path length), cut at grid points."""
+        variation = (f_grid[1:] - f_grid[:-1]).abs().sum(-1).cpu().numpy()
+        share = 0.5 * variation / max(variation.sum(), 1e-12) + 0.5 / len(variation)
+        cumulative = numpy.concatenate([[0.0], numpy.cumsum(share)])
+        cuts = sorted({0, len(grid) - 1} | {int(numpy.argmin(numpy.abs(cumulative - q)))
+                                            for q in numpy.linspace(0, 1, n_segments + 1)[1:-1]})
+        return [(float(grid[i]), float(grid[k]), i, k) for i, k in zip(cuts[:-1], cuts[1:])]
 
 
 IG_CONFIG: Dict[str, Any] = {**DEFAULT_CONFIG, "n_steps": 50, "method": "gausslegendre", "baseline": "pad",
-                             "internal_batch_size": 128}
+                             "internal_batch_size": 128, "tolerance": 0.01, "max_steps": 512,
+                             "probe_steps": 16, "initial_segments": 4}
 
 
 @Language.factory("attr_integrated_gradients", default_config=IG_CONFIG)
 def make_integrated_gradients(nlp: Language, name: str, target: Optional[str], labels: LabelsSetting,
                               output: str, aggregation: str, attribute_at: Union[str, int], batch_size: int,
-                              dtype: str, key: Optional[str], n_steps: int, method: str, baseline: str,
-                              internal_batch_size: int) -> IntegratedGradients:
-    """Integrated gradients from a `baseline` (pad, mask, unk, zero) over `n_steps` quadrature points."""
-    quadrature(n_steps, method)
+                              dtype: str, key: Optional[str], n_steps: Union[int, str], method: str,
+                              baseline: str, internal_batch_size: int, tolerance: float, max_steps: int,
+                              probe_steps: int, initial_segments: int) -> IntegratedGradients:
+    """Integrated gradients from a `baseline` (pad, mask, unk, zero) over `n_steps` quadrature points
+    (`method`), or with ``n_steps = "auto"`` over points placed until the relative completeness gap is
+    certified within `tolerance`, using at most `max_steps` gradient evaluations per doc."""
+    if n_steps == "auto":
+        if not 0 < tolerance < 1 or max_steps < 8 or probe_steps < 2 or initial_segments < 1:
+            raise ValueError("auto steps need 0 < tolerance < 1, max_steps >= 8, probe_steps >= 2 "
+                             "and initial_segments >= 1")
+    elif isinstance(n_steps, int) and not isinstance(n_steps, bool):
+        quadrature(n_steps, method)
+    else:
+        raise ValueError(f"n_steps must be a number of steps or 'auto', got {n_steps!r}")
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     if internal_batch_size < 1:
@@ -125,4 +270,6 @@ def make_integrated_gradients(nlp: Language, name: str, target: Optional[str], l
     return IntegratedGradients(nlp, name, target=target, labels=labels, output=output,
                                aggregation=aggregation, attribute_at=attribute_at, batch_size=batch_size,
                                dtype=dtype, key=key, n_steps=n_steps, method=method, baseline=baseline,
-                               internal_batch_size=internal_batch_size)
+                               internal_batch_size=internal_batch_size, tolerance=tolerance,
+                               max_steps=max_steps, probe_steps=probe_steps,
+                               initial_segments=initial_segments)

@@ -24,6 +24,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import numpy
 import torch
+import torch.utils.checkpoint
 from spacy.language import Language
 from spacy.tokens import Doc
 from spacy_transformers.align import get_alignment, get_alignment_via_offset_mapping
@@ -221,6 +222,10 @@ class DifferentiableView:
     def capture(self, batch: EncodedBatch, input_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The tensor at the attribution site for `input_ids` (default: the batch's own), without grad."""
         ids = batch.input_ids if input_ids is None else input_ids
+        with self.frozen():
+            return self._capture(self._hf_inputs(batch, ids, None))
+
+    def _capture(self, hf_inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         captured: List[torch.Tensor] = []
 
         def hook(module, args, output):
@@ -229,8 +234,8 @@ class DifferentiableView:
 
         handle = self._site_module.register_forward_hook(hook)
         try:
-            with self.frozen(), torch.no_grad(), self.autocast():
-                self.hf_model(**self._hf_inputs(batch, ids, None))
+            with torch.no_grad(), self.autocast():
+                self.hf_model(**hf_inputs)
         except _Captured:
             pass
         finally:
@@ -238,8 +243,8 @@ class DifferentiableView:
         return captured[0].float()
 
     def forward(self, batch: EncodedBatch, inputs: Optional[torch.Tensor] = None, *,
-                doc_index: Optional[Sequence[int]] = None,
-                input_ids: Optional[torch.Tensor] = None) -> ViewOutput:
+                doc_index: Optional[Sequence[int]] = None, input_ids: Optional[torch.Tensor] = None,
+                max_rows: Optional[int] = None) -> ViewOutput:
         """The attributed output for instances of the batch's docs, differentiable w.r.t. the inputs.
 
         inputs: values at the attribution site for every instance row (shape (n_rows, T, hidden)); by
@@ -247,11 +252,29 @@ class DifferentiableView:
         doc_index: which doc each instance copies (default: each doc once, in order); instance rows are
             the doc's rows, concatenated in instance order (see `EncodedBatch.row_index`).
         input_ids: wordpiece ids for the instance rows, for perturbed inputs (default: the docs' own).
+        max_rows: run the transformer at most this many rows at a time. Past it, rows run in chunks under
+            activation checkpointing: the backward pass recomputes one chunk at a time (rows are
+            independent, so this is exact), which bounds memory whatever the length of a doc.
         Call inside `frozen()`.
         """
         doc_index = list(range(len(batch.docs))) if doc_index is None else list(doc_index)
         rows = batch.row_index(doc_index)
         ids = batch.input_ids[rows] if input_ids is None else input_ids
+        hf_inputs = self._hf_inputs(batch, ids, rows)
+        if max_rows is not None and len(rows) > max_rows:
+            if inputs is None:
+                inputs = self._capture(hf_inputs).requires_grad_(torch.is_grad_enabled())
+            hidden = torch.cat([self._run_rows({k: v[s:s + max_rows] for k, v in hf_inputs.items()},
+                                               inputs[s:s + max_rows], checkpointed=torch.is_grad_enabled())
+                                for s in range(0, len(rows), max_rows)])
+        else:
+            inputs, hidden = self._run_capturing(hf_inputs, inputs)
+        logits = HeadFunction.apply(hidden, self, batch, doc_index)
+        return ViewOutput(self._normalize(logits), logits, inputs, doc_index)
+
+    def _run_capturing(self, hf_inputs: Dict[str, torch.Tensor], inputs: Optional[torch.Tensor]
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One transformer pass with `inputs` at the site, or the real values captured there."""
         captured: List[torch.Tensor] = []
 
         def hook(module, args, output):
@@ -268,11 +291,15 @@ class DifferentiableView:
         handle = self._site_module.register_forward_hook(hook)
         try:
             with self.autocast():
-                hidden = self.hf_model(**self._hf_inputs(batch, ids, rows)).last_hidden_state
+                hidden = self.hf_model(**hf_inputs).last_hidden_state
         finally:
             handle.remove()
-        logits = HeadFunction.apply(hidden.float(), self, batch, doc_index)
-        return ViewOutput(self._normalize(logits), logits, captured[0], doc_index)
+        return captured[0], hidden.float()
+
+    def _run_rows(self, hf_inputs: Dict[str, torch.Tensor], inputs: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+        if checkpointed:
+            return torch.utils.checkpoint.checkpoint(self._run_rows, hf_inputs, inputs, False, use_reentrant=False)
+        return self._run_capturing(hf_inputs, inputs)[1]
 
     def _hf_inputs(self, batch: EncodedBatch, ids: torch.Tensor, rows: Optional[torch.Tensor]) -> Dict:
         def select(tensor):

@@ -117,15 +117,37 @@ def test_aggregation_setting(textcat_nlp, aggregation):
         assert attribution.scores[token.i] == pytest.approx(expected, abs=1e-7)
 
 
-def test_long_docs_span_several_windows(tiny_bert):
-    """A doc longer than the span window is split into strided windows; completeness holds over all
-    of them and a token in two windows collects both windows' scores."""
+LONG_TEXT = " ".join(["the film was good and the plot was warm ."] * 4)
+
+
+@pytest.fixture(scope="module")
+def windowed_nlp(tiny_bert):
+    """A textcat whose transformer sees 16-token windows with stride 12."""
     from conftest import build_pipeline
 
-    nlp = build_pipeline(tiny_bert, "textcat", n_epochs=1, window=16, stride=12)
-    text = " ".join(["the film was good and the plot was warm ."] * 4)
-    _, (doc,) = explain(nlp, "attr_integrated_gradients", [text])
+    return build_pipeline(tiny_bert, "textcat", n_epochs=1, window=16, stride=12)
+
+
+def test_long_docs_span_several_windows(windowed_nlp):
+    """A doc longer than the span window is split into strided windows; completeness holds over all
+    of them and a token in two windows collects both windows' scores."""
+    _, (doc,) = explain(windowed_nlp, "attr_integrated_gradients", [LONG_TEXT])
     (attribution,) = doc._.attributions["integrated_gradients"].values()
     assert attribution.wordpieces.count("[CLS]") > 1
     assert max(len(pieces) for pieces in attribution.alignment) == 2  # overlapping windows
     assert attribution.extras["relative_delta"] < 0.01
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_long_doc_in_row_chunks_matches_one_pass(windowed_nlp, factory):
+    """internal_batch_size below a doc's window count: the transformer runs in checkpointed row chunks,
+    with the same result."""
+    nlp, text = windowed_nlp, LONG_TEXT
+    small = {"attr_integrated_gradients": {"n_steps": 6}, "attr_smoothgrad": {"n_samples": 3}}.get(factory, {})
+    _, (one_pass,) = explain(nlp, factory, [text], **small)
+    _, (chunked,) = explain(nlp, factory, [text], internal_batch_size=2, **small)
+    key = factory[len("attr_"):]
+    (label, expected), = one_pass._.attributions[key].items()
+    assert len([w for w in expected.wordpieces if w == "[CLS]"]) > 2
+    numpy.testing.assert_allclose(chunked._.attributions[key][label].wordpiece_scores, expected.wordpiece_scores,
+                                  atol=1e-5)

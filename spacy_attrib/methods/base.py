@@ -30,6 +30,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "aggregation": "sum",
     "attribute_at": "embeddings",
     "batch_size": 32,
+    "internal_batch_size": 128,
     "dtype": "float32",
     "key": None,
 }
@@ -54,6 +55,8 @@ class AttributionComponent(Pipe):
     aggregation: wordpiece → token aggregation, ``sum`` (default), ``mean`` or ``max_abs``.
     attribute_at: ``embeddings`` (embedding layer output, default), ``word_embeddings``, or a layer number.
     batch_size: docs encoded and explained together (grouped by length to limit padding).
+    internal_batch_size: transformer rows (windows of docs × integration points or samples) per
+        forward/backward; bounds memory, also for a single long doc (see `DifferentiableView.forward`).
     dtype: ``float32`` (default) or ``bfloat16`` (the transformer runs under autocast).
     key: the name under which results appear in ``doc._.attributions`` (default: the method's name).
     """
@@ -62,11 +65,11 @@ class AttributionComponent(Pipe):
 
     def __init__(self, nlp: Language, name: str, *, target: Optional[str], labels: LabelsSetting,
                  output: str, aggregation: str, attribute_at: Union[str, int], batch_size: int,
-                 dtype: str, key: Optional[str], **settings: Any):
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+                 internal_batch_size: int, dtype: str, key: Optional[str], **settings: Any):
+        check_choice("aggregation", aggregation, AGGREGATIONS)
+        for setting, value in (("batch_size", batch_size), ("internal_batch_size", internal_batch_size)):
+            if value < 1:
+                raise ValueError(f"{setting} must be at least 1, got {value}")
         if isinstance(labels, str):
             validate_labels(labels, (), name)
         else:
@@ -75,7 +78,8 @@ class AttributionComponent(Pipe):
         self.name = name
         self.cfg: Dict[str, Any] = dict(target=target, labels=labels, output=output,
                                         aggregation=aggregation, attribute_at=attribute_at,
-                                        batch_size=batch_size, dtype=dtype, key=key, **settings)
+                                        batch_size=batch_size, internal_batch_size=internal_batch_size,
+                                        dtype=dtype, key=key, **settings)
         self._view: Optional[DifferentiableView] = None
         install_extensions()
 
@@ -188,6 +192,12 @@ class AttributionComponent(Pipe):
             self.cfg.update(srsly.read_json(path / "cfg"))
         self._view = None
         return self
+
+
+def check_choice(setting: str, value: Any, choices: Sequence[Any]) -> None:
+    """A clear error for a setting outside its choices."""
+    if value not in choices:
+        raise ValueError(f"{setting} must be one of {tuple(choices)}, got {value!r}")
 
 
 def slot_gradients(output: ViewOutput, targets: List[List[Target]]) -> Iterator[Tuple[int, torch.Tensor]]:

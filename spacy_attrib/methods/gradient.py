@@ -19,9 +19,13 @@ from spacy.tokens import Doc
 
 from ..differentiable import EncodedBatch
 from ..targets import LabelsSetting
-from .base import DEFAULT_CONFIG, AttributionComponent, WordpieceMap, instance_chunks, slot_gradients
+from .base import (DEFAULT_CONFIG, AttributionComponent, WordpieceMap, check_choice, instance_chunks,
+                   slot_gradients)
 
 REDUCTIONS = ("l2", "l2_squared", "sum")
+
+
+BASES = ("saliency", "gradient_x_input")
 
 
 def reduce_hidden(values: torch.Tensor, how: str) -> torch.Tensor:
@@ -30,18 +34,12 @@ def reduce_hidden(values: torch.Tensor, how: str) -> torch.Tensor:
         return values.norm(dim=-1)
     if how == "l2_squared":
         return (values ** 2).sum(-1)
-    if how == "sum":
-        return values.sum(-1)
-    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {how!r}")
+    return values.sum(-1)
 
 
 def elementwise_map(base: str, grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """The element-wise attribution of a gradient method: the gradient, or gradient × input."""
-    if base == "saliency":
-        return grad
-    if base == "gradient_x_input":
-        return grad * inputs
-    raise ValueError(f"base must be 'saliency' or 'gradient_x_input', got {base!r}")
+    return grad if base == "saliency" else grad * inputs
 
 
 class GradientMethod(AttributionComponent):
@@ -50,7 +48,7 @@ class GradientMethod(AttributionComponent):
     def explain(self, batch: EncodedBatch) -> List[List[WordpieceMap]]:
         view = self.view
         with view.frozen():
-            output = view.forward(batch)
+            output = view.forward(batch, max_rows=self.cfg["internal_batch_size"])
             targets = self.targets(output, batch)
             per_slot = [reduce_hidden(elementwise_map(self.method_name, grad, output.inputs),
                                       self.cfg["reduction"])
@@ -75,7 +73,7 @@ class SmoothGrad(AttributionComponent):
         with view.frozen():
             inputs = view.capture(batch)
             with torch.no_grad():
-                output = view.forward(batch, inputs)
+                output = view.forward(batch, inputs, max_rows=cfg["internal_batch_size"])
             targets = self.targets(output, batch)
             noise = [self.noise(batch, inputs, d) for d in range(len(batch.docs))]
             n_slots = max((len(t) for t in targets), default=0)
@@ -85,7 +83,8 @@ class SmoothGrad(AttributionComponent):
             for chunk in instance_chunks(batch, [d for d, _ in samples], cfg["internal_batch_size"]):
                 noisy = inputs[chunk.rows] + torch.cat([noise[d][k] for d, k in (samples[i] for i in chunk.instances)])
                 noisy.requires_grad_(True)
-                chunk_output = view.forward(batch, noisy, doc_index=chunk.doc_index)
+                chunk_output = view.forward(batch, noisy, doc_index=chunk.doc_index,
+                                            max_rows=cfg["internal_batch_size"])
                 for slot, grad in slot_gradients(chunk_output, targets):
                     values = elementwise_map(cfg["base"], grad, noisy.detach())
                     total[slot].index_add_(0, chunk.rows, values)
@@ -124,42 +123,42 @@ class SmoothGrad(AttributionComponent):
 
 @Language.factory("attr_saliency", default_config={**DEFAULT_CONFIG, "reduction": "l2"})
 def make_saliency(nlp: Language, name: str, target: Optional[str], labels: LabelsSetting, output: str,
-                  aggregation: str, attribute_at: Union[str, int], batch_size: int, dtype: str,
-                  key: Optional[str], reduction: str) -> Saliency:
+                  aggregation: str, attribute_at: Union[str, int], batch_size: int, internal_batch_size: int,
+                  dtype: str, key: Optional[str], reduction: str) -> Saliency:
     """Gradient saliency: ‖∂f/∂x_i‖ per wordpiece (`reduction`: l2, l2_squared or signed sum)."""
-    reduce_hidden(torch.zeros(1, 1), reduction)
+    check_choice("reduction", reduction, REDUCTIONS)
     return Saliency(nlp, name, target=target, labels=labels, output=output, aggregation=aggregation,
-                    attribute_at=attribute_at, batch_size=batch_size, dtype=dtype, key=key,
-                    reduction=reduction)
+                    attribute_at=attribute_at, batch_size=batch_size, internal_batch_size=internal_batch_size,
+                    dtype=dtype, key=key, reduction=reduction)
 
 
 @Language.factory("attr_gradient_x_input", default_config={**DEFAULT_CONFIG, "reduction": "sum"})
 def make_gradient_x_input(nlp: Language, name: str, target: Optional[str], labels: LabelsSetting,
                           output: str, aggregation: str, attribute_at: Union[str, int], batch_size: int,
-                          dtype: str, key: Optional[str], reduction: str) -> GradientXInput:
+                          internal_batch_size: int, dtype: str, key: Optional[str],
+                          reduction: str) -> GradientXInput:
     """Gradient × input: Σ_h x_ih ∂f/∂x_ih per wordpiece (`reduction` sum; l2 or l2_squared for Wu & Ong)."""
-    reduce_hidden(torch.zeros(1, 1), reduction)
+    check_choice("reduction", reduction, REDUCTIONS)
     return GradientXInput(nlp, name, target=target, labels=labels, output=output, aggregation=aggregation,
-                          attribute_at=attribute_at, batch_size=batch_size, dtype=dtype, key=key,
-                          reduction=reduction)
+                          attribute_at=attribute_at, batch_size=batch_size,
+                          internal_batch_size=internal_batch_size, dtype=dtype, key=key, reduction=reduction)
 
 
 SMOOTHGRAD_CONFIG: Dict[str, Any] = {**DEFAULT_CONFIG, "base": "gradient_x_input", "reduction": "sum",
-                                     "n_samples": 25, "noise_level": 0.1, "var": False, "seed": 0,
-                                     "internal_batch_size": 128}
+                                     "n_samples": 25, "noise_level": 0.1, "var": False, "seed": 0}
 
 
 @Language.factory("attr_smoothgrad", default_config=SMOOTHGRAD_CONFIG)
 def make_smoothgrad(nlp: Language, name: str, target: Optional[str], labels: LabelsSetting, output: str,
-                    aggregation: str, attribute_at: Union[str, int], batch_size: int, dtype: str,
-                    key: Optional[str], base: str, reduction: str, n_samples: int, noise_level: float,
-                    var: bool, seed: int, internal_batch_size: int) -> SmoothGrad:
+                    aggregation: str, attribute_at: Union[str, int], batch_size: int, internal_batch_size: int,
+                    dtype: str, key: Optional[str], base: str, reduction: str, n_samples: int,
+                    noise_level: float, var: bool, seed: int) -> SmoothGrad:
     """SmoothGrad (or VarGrad with `var`) over `n_samples` noisy copies of the input."""
-    elementwise_map(base, torch.zeros(1), torch.zeros(1))
-    reduce_hidden(torch.zeros(1, 1), reduction)
-    if n_samples < 1 or internal_batch_size < 1:
-        raise ValueError("n_samples and internal_batch_size must be at least 1")
+    check_choice("base", base, BASES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     return SmoothGrad(nlp, name, target=target, labels=labels, output=output, aggregation=aggregation,
-                      attribute_at=attribute_at, batch_size=batch_size, dtype=dtype, key=key, base=base,
-                      reduction=reduction, n_samples=n_samples, noise_level=noise_level, var=var, seed=seed,
-                      internal_batch_size=internal_batch_size)
+                      attribute_at=attribute_at, batch_size=batch_size, internal_batch_size=internal_batch_size,
+                      dtype=dtype, key=key, base=base, reduction=reduction, n_samples=n_samples,
+                      noise_level=noise_level, var=var, seed=seed)

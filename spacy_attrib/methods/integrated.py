@@ -23,7 +23,8 @@ from spacy.language import Language
 from ..differentiable import DifferentiableView, EncodedBatch
 from ..targets import LabelsSetting, Target
 from ..targets import slot_values
-from .base import DEFAULT_CONFIG, AttributionComponent, WordpieceMap, instance_chunks, slot_gradients
+from .base import (DEFAULT_CONFIG, AttributionComponent, WordpieceMap, check_choice, instance_chunks,
+                   slot_gradients)
 
 QUADRATURES = ("gausslegendre", "riemann_trapezoid")
 BASELINES = ("pad", "mask", "unk", "zero")
@@ -32,6 +33,9 @@ OUTPUT_FLOOR = 1e-3
 
 def quadrature(n_steps: int, method: str) -> Tuple[numpy.ndarray, numpy.ndarray]:
     """Points α in [0, 1] and weights for ∫₀¹ g(α) dα ≈ Σ_k w_k g(α_k)."""
+    check_choice("method", method, QUADRATURES)
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be at least 1, got {n_steps}")
     if method == "gausslegendre":
         nodes, weights = numpy.polynomial.legendre.leggauss(n_steps)
         return 0.5 * (nodes + 1), 0.5 * weights
@@ -42,15 +46,13 @@ def quadrature(n_steps: int, method: str) -> Tuple[numpy.ndarray, numpy.ndarray]
         weights = numpy.full(n_steps, 1.0 / (n_steps - 1))
         weights[[0, -1]] /= 2
         return numpy.linspace(0, 1, n_steps), weights
-    raise ValueError(f"method must be one of {QUADRATURES}, got {method!r}")
 
 
 def baseline_inputs(view: DifferentiableView, batch: EncodedBatch, inputs: torch.Tensor, kind: str) -> torch.Tensor:
     """The baseline x′ at the attribution site, for every row of the batch."""
+    check_choice("baseline", kind, BASELINES)
     if kind == "zero":
         return torch.zeros_like(inputs)
-    if kind not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {kind!r}")
     ids = batch.input_ids.clone()
     structural = torch.isin(ids, torch.tensor(view.structural_ids(), device=ids.device))
     ids[batch.attention_mask.bool() & ~structural] = view.token_id(kind)
@@ -78,7 +80,8 @@ class StraightPath:
         values = torch.zeros((len(points), self.n_slots), device=alphas.device)
         with torch.no_grad():
             for chunk in instance_chunks(self.batch, [d for d, _ in points], self.max_rows):
-                output = self.view.forward(self.batch, self._points(chunk, alphas), doc_index=chunk.doc_index)
+                output = self.view.forward(self.batch, self._points(chunk, alphas), doc_index=chunk.doc_index,
+                                           max_rows=self.max_rows)
                 for slot in range(self.n_slots):
                     values[chunk.instances, slot] = slot_values(output.scores, chunk.doc_index, self.targets, slot)
         return values
@@ -90,7 +93,7 @@ class StraightPath:
         maps: List[torch.Tensor] = [None] * len(points)  # type: ignore[list-item]
         for chunk in instance_chunks(self.batch, [d for d, _, _ in points], self.max_rows):
             point = self._points(chunk, alphas).requires_grad_(True)
-            output = self.view.forward(self.batch, point, doc_index=chunk.doc_index)
+            output = self.view.forward(self.batch, point, doc_index=chunk.doc_index, max_rows=self.max_rows)
             per_slot = torch.zeros((self.n_slots,) + tuple(point.shape[:2]), device=point.device)
             for slot, grad in slot_gradients(output, self.targets):
                 per_slot[slot] = (self.difference[chunk.rows] * grad).sum(-1)
@@ -127,8 +130,8 @@ class IntegratedGradients(AttributionComponent):
             inputs = view.capture(batch)
             baseline = baseline_inputs(view, batch, inputs, cfg["baseline"])
             with torch.no_grad():
-                output = view.forward(batch, inputs)
-                baseline_output = view.forward(batch, baseline)
+                output = view.forward(batch, inputs, max_rows=cfg["internal_batch_size"])
+                baseline_output = view.forward(batch, baseline, max_rows=cfg["internal_batch_size"])
             targets = self.targets(output, batch)
             path = StraightPath(view, batch, inputs, baseline, targets, cfg["internal_batch_size"])
             if cfg["n_steps"] == "auto":
@@ -242,15 +245,15 @@ class IntegratedGradients(AttributionComponent):
 
 
 IG_CONFIG: Dict[str, Any] = {**DEFAULT_CONFIG, "n_steps": 50, "method": "gausslegendre", "baseline": "pad",
-                             "internal_batch_size": 128, "tolerance": 0.01, "max_steps": 512,
+                             "tolerance": 0.01, "max_steps": 512,
                              "probe_steps": 16, "initial_segments": 4}
 
 
 @Language.factory("attr_integrated_gradients", default_config=IG_CONFIG)
 def make_integrated_gradients(nlp: Language, name: str, target: Optional[str], labels: LabelsSetting,
                               output: str, aggregation: str, attribute_at: Union[str, int], batch_size: int,
-                              dtype: str, key: Optional[str], n_steps: Union[int, str], method: str,
-                              baseline: str, internal_batch_size: int, tolerance: float, max_steps: int,
+                              internal_batch_size: int, dtype: str, key: Optional[str],
+                              n_steps: Union[int, str], method: str, baseline: str, tolerance: float, max_steps: int,
                               probe_steps: int, initial_segments: int) -> IntegratedGradients:
     """Integrated gradients from a `baseline` (pad, mask, unk, zero) over `n_steps` quadrature points
     (`method`), or with ``n_steps = "auto"`` over points placed until the relative completeness gap is
@@ -263,10 +266,7 @@ def make_integrated_gradients(nlp: Language, name: str, target: Optional[str], l
         quadrature(n_steps, method)
     else:
         raise ValueError(f"n_steps must be a number of steps or 'auto', got {n_steps!r}")
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    if internal_batch_size < 1:
-        raise ValueError("internal_batch_size must be at least 1")
+    check_choice("baseline", baseline, BASELINES)
     return IntegratedGradients(nlp, name, target=target, labels=labels, output=output,
                                aggregation=aggregation, attribute_at=attribute_at, batch_size=batch_size,
                                dtype=dtype, key=key, n_steps=n_steps, method=method, baseline=baseline,

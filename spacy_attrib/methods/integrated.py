@@ -29,6 +29,7 @@ from .base import (DEFAULT_CONFIG, AttributionComponent, WordpieceMap, check_cho
 QUADRATURES = ("gausslegendre", "riemann_trapezoid")
 BASELINES = ("pad", "mask", "unk", "zero")
 OUTPUT_FLOOR = 1e-3
+SEGMENT_NODES = 3  # Gauss–Legendre points per segment of the adaptive path (exact to degree 5)
 
 
 def quadrature(n_steps: int, method: str) -> Tuple[numpy.ndarray, numpy.ndarray]:
@@ -168,14 +169,15 @@ class IntegratedGradients(AttributionComponent):
            of the cost of a gradient evaluation each).
         2. Cut the path into `initial_segments` segments holding equal shares of a mix of the output's
            variation |Δf| along the grid and of path length, so that segments are short where f moves.
-        3. Integrate each segment with 2-point Gauss–Legendre. Each segment's completeness gap
+        3. Integrate each segment with `SEGMENT_NODES`-point Gauss–Legendre. Stop when the doc's completeness gap
+           |Σ attributions − (f(x) − f(x′))| is within `tolerance` (relative to |f(x) − f(x′)|; worst
+           target). Else bisect the segments with the largest gaps (each segment's own gap
            |Σ map − (f(b) − f(a))| is known exactly, since f at its ends comes from forward passes; their
-           sum bounds the doc's gap. Stop when the bound is within `tolerance` (relative to
-           |f(x) − f(x′)|), else bisect the segments with the largest gaps (one forward per midpoint)
-           and integrate the halves, within `max_steps` gradient evaluations per doc.
+           sum, `gap_bound`, bounds the doc's gap), one forward per midpoint, and integrate the halves,
+           within `max_steps` gradient evaluations per doc.
         """
         cfg, batch = self.cfg, path.batch
-        nodes, node_weights = quadrature(2, "gausslegendre")
+        nodes, node_weights = quadrature(SEGMENT_NODES, "gausslegendre")
         probe = numpy.linspace(0.0, 1.0, cfg["probe_steps"] + 1)
         docs = [d for d in range(len(batch.docs)) if batch.rows[d]]
         n = len(batch.docs)
@@ -201,9 +203,11 @@ class IntegratedGradients(AttributionComponent):
                 stats[d]["n_steps"] += len(nodes)
             splits = []
             for d in {d for d, _ in pending}:
+                total = sum(s.map.sum((1, 2)) for s in segments[d])
+                gap = float(((total - (f_end[d] - f_start[d])).abs() / scale[d]).max())
                 gaps = [s.gap(scale[d]) for s in segments[d]]
                 stats[d]["gap_bound"] = sum(gaps)
-                if sum(gaps) <= cfg["tolerance"]:
+                if gap <= cfg["tolerance"]:
                     stats[d]["converged"] = True
                     continue
                 budget = (cfg["max_steps"] - stats[d]["n_steps"]) // (2 * len(nodes))
@@ -259,9 +263,9 @@ def make_integrated_gradients(nlp: Language, name: str, target: Optional[str], l
     (`method`), or with ``n_steps = "auto"`` over points placed until the relative completeness gap is
     certified within `tolerance`, using at most `max_steps` gradient evaluations per doc."""
     if n_steps == "auto":
-        if not 0 < tolerance < 1 or max_steps < 8 or probe_steps < 2 or initial_segments < 1:
-            raise ValueError("auto steps need 0 < tolerance < 1, max_steps >= 8, probe_steps >= 2 "
-                             "and initial_segments >= 1")
+        if not 0 < tolerance < 1 or probe_steps < 2 or not 1 <= initial_segments <= max_steps // SEGMENT_NODES:
+            raise ValueError(f"auto steps need 0 < tolerance < 1, probe_steps >= 2 and 1 <= initial_segments "
+                             f"<= max_steps / {SEGMENT_NODES}")
     elif isinstance(n_steps, int) and not isinstance(n_steps, bool):
         quadrature(n_steps, method)
     else:

@@ -426,10 +426,6 @@ class HeadFunction(torch.autograd.Function):
     def backward(ctx, d_logits):
         return ctx.backprop(d_logits), None, None, None
 
-    @staticmethod
-    def jvp(ctx, *grad_inputs):  # pragma: no cover - forward mode is not offered by thinc heads
-        raise NotImplementedError("The head is differentiable in reverse mode only")
-
 
 class _Captured(Exception):
     """Stops a forward pass once the attribution site's value is captured."""

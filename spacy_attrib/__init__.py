@@ -9,7 +9,7 @@ saved pipeline without an import.
 """
 
 from .attribution import Attribution, install_extensions
-from .differentiable import DifferentiableView
+from .view import DifferentiableView
 from .targets import Target
 
 __version__ = "0.1.0"

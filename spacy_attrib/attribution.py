@@ -1,16 +1,17 @@
-"""The result type and the `Doc`/`Token` extensions that hold it.
+"""The result type and the `Doc`/`Span`/`Token` extensions that hold it.
 
 Results live in ``doc.user_data`` as plain dicts of numbers, strings and numpy arrays, so they survive
 `DocBin` round trips and ``nlp.pipe(n_process=...)`` (both serialise user data with msgpack). The
-extensions ``doc._.attributions`` and ``token._.attributions`` are read-only views that build
-`Attribution` objects from them: ``{method key: {target label: Attribution}}``.
+extensions ``doc._.attributions``, ``span._.attributions`` (entities, spancat spans: looked up by the
+span's token offsets) and ``token._.attributions`` are read-only views that build `Attribution` objects
+from them: ``{method key: {target label: Attribution}}``.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy
-from spacy.tokens import Doc, Token
+from spacy.tokens import Doc, Span, Token
 
 USER_DATA_KEY = "spacy_attrib"
 
@@ -27,7 +28,9 @@ class Attribution:
     wordpiece_scores: one float per entry of `wordpieces`.
     alignment: for each spaCy token, the indices into `wordpieces` it covers.
     output: the attributed output of the target (e.g. its log-probability) at the input.
-    token: the token the target belongs to, for per-token heads (tagger); None for doc-level targets.
+    token: the token the target belongs to, for per-token heads (tagger); None otherwise.
+    span: (start, end) token offsets of the span the target belongs to (ner entities, spancat spans);
+        None otherwise.
     extras: method-specific values, e.g. ``delta`` (completeness gap) for integrated gradients.
     """
 
@@ -39,6 +42,7 @@ class Attribution:
     alignment: List[List[int]]
     output: float
     token: Optional[int] = None
+    span: Optional[Tuple[int, int]] = None
     extras: Dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -49,6 +53,7 @@ class Attribution:
     def to_dict(self) -> Dict[str, Any]:
         return {
             "method": self.method, "target": self.target, "token": self.token,
+            "span": None if self.span is None else [int(self.span[0]), int(self.span[1])],
             "scores": numpy.asarray(self.scores, dtype="float32"),
             "wordpieces": list(self.wordpieces),
             "wordpiece_scores": numpy.asarray(self.wordpiece_scores, dtype="float32"),
@@ -60,6 +65,7 @@ class Attribution:
     def from_dict(cls, data: Dict[str, Any]) -> "Attribution":
         return cls(
             method=data["method"], target=data["target"], token=data.get("token"),
+            span=None if data.get("span") is None else (int(data["span"][0]), int(data["span"][1])),
             scores=numpy.asarray(data["scores"], dtype="float32"),
             wordpieces=list(data["wordpieces"]),
             wordpiece_scores=numpy.asarray(data["wordpiece_scores"], dtype="float32"),
@@ -69,16 +75,24 @@ class Attribution:
 
 
 def _store(doc: Doc) -> Dict[str, Any]:
-    return doc.user_data.setdefault(USER_DATA_KEY, {"doc": {}, "tokens": {}})
+    store = doc.user_data.setdefault(USER_DATA_KEY, {"doc": {}, "tokens": {}})
+    store.setdefault("spans", {})
+    return store
+
+
+def _span_key(start: int, end: int) -> str:
+    return f"{start}:{end}"
 
 
 def set_attribution(doc: Doc, attribution: Attribution) -> None:
-    """Record `attribution` on `doc` (or on its token, for per-token targets)."""
+    """Record `attribution` on `doc`, or on its token or span where the target belongs to one."""
     store = _store(doc)
-    if attribution.token is None:
-        by_method = store["doc"]
-    else:
+    if attribution.span is not None:
+        by_method = store["spans"].setdefault(_span_key(*attribution.span), {})
+    elif attribution.token is not None:
         by_method = store["tokens"].setdefault(str(attribution.token), {})
+    else:
+        by_method = store["doc"]
     by_method.setdefault(attribution.method, {})[attribution.target] = attribution.to_dict()
 
 
@@ -101,9 +115,15 @@ def get_token_attributions(token: Token) -> Dict[str, Dict[str, Attribution]]:
     return _build(tokens.get(str(token.i), {}))
 
 
+def get_span_attributions(span: Span) -> Dict[str, Dict[str, Attribution]]:
+    """The results for the span's extent (token offsets), whatever its label: one entry per explained
+    label, so spancat spans that share an extent share a dict."""
+    spans = span.doc.user_data.get(USER_DATA_KEY, {}).get("spans", {})
+    return _build(spans.get(_span_key(span.start, span.end), {}))
+
+
 def install_extensions() -> None:
-    """Register ``doc._.attributions`` and ``token._.attributions`` (idempotent)."""
-    if not Doc.has_extension("attributions"):
-        Doc.set_extension("attributions", getter=get_doc_attributions)
-    if not Token.has_extension("attributions"):
-        Token.set_extension("attributions", getter=get_token_attributions)
+    """Register ``doc._.attributions``, ``span._.attributions`` and ``token._.attributions`` (idempotent)."""
+    for cls, getter in ((Doc, get_doc_attributions), (Span, get_span_attributions), (Token, get_token_attributions)):
+        if not cls.has_extension("attributions"):
+            cls.set_extension("attributions", getter=getter)

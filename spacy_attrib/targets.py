@@ -1,7 +1,11 @@
-"""What is explained: a label of a doc-level head, or a tag of one token for per-token heads."""
+"""What is explained: a label of a head at one of its output positions, and where its result belongs.
+
+Heads choose targets (`spacy_attrib.view.heads`); methods only read them: ``label_index`` and
+``position`` index the view's scores, ``token`` / ``span`` say where the result is stored.
+"""
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -10,13 +14,21 @@ LabelsSetting = Union[str, Sequence[str]]
 
 @dataclass(frozen=True)
 class Target:
+    """One explained output of the head.
+
+    label: the explained label.
+    label_index: its index along the label axis of `ViewOutput.scores`.
+    position: the index along the position axis: 0 for doc-level heads (textcat), the token for the tagger,
+        the entity's slot (ner) or the suggested span's index (spancat).
+    token: the token the result belongs to (tagger), else None.
+    span: (start, end) token offsets of the span the result belongs to (ner, spancat), else None.
+    """
+
     label: str
     label_index: int
-    token: Optional[int] = None  # the token whose output is explained (per-token heads); None: the doc's
-
-    @property
-    def position(self) -> int:
-        return 0 if self.token is None else self.token
+    position: int = 0
+    token: Optional[int] = None
+    span: Optional[Tuple[int, int]] = None
 
 
 def validate_labels(labels: LabelsSetting, available: Sequence[str], head: str) -> None:
@@ -28,34 +40,6 @@ def validate_labels(labels: LabelsSetting, available: Sequence[str], head: str) 
     unknown = [label for label in labels if label not in available]
     if unknown:
         raise ValueError(f"Unknown label(s) {unknown} for component {head!r}; its labels are {list(available)}")
-
-
-def choose_targets(logits: torch.Tensor, lengths: Sequence[int], labels: LabelsSetting,
-                   available: Sequence[str], *, per_token: bool, exclusive: bool,
-                   threshold: float = 0.5) -> List[List[Target]]:
-    """The targets of each doc, from the head's logits at the input, shaped (docs, positions, labels).
-
-    ``predicted``: the arg-max label (exclusive heads, and each token of a tagger) or every label whose
-    probability reaches `threshold` (multilabel heads); ``all``: every label; a list: those labels.
-    """
-    targets: List[List[Target]] = []
-    for d, length in enumerate(lengths):
-        positions = [None] if not per_token else list(range(length))
-        doc_targets = []
-        for token in positions:
-            row = logits[d, 0 if token is None else token]
-            if labels == "predicted":
-                if exclusive:
-                    indices = [int(row.argmax())]
-                else:
-                    indices = [int(i) for i in torch.nonzero(torch.sigmoid(row) >= threshold).flatten()]
-            elif labels == "all":
-                indices = list(range(len(available)))
-            else:
-                indices = [available.index(label) for label in labels]
-            doc_targets.extend(Target(available[i], i, token) for i in indices)
-        targets.append(doc_targets if length else [])
-    return targets
 
 
 def slot_count(targets: Sequence[Sequence[Target]]) -> int:

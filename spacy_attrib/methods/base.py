@@ -18,10 +18,10 @@ from spacy.pipeline import Pipe
 from spacy.tokens import Doc
 from spacy.util import ensure_path, minibatch
 
-from ..align import AGGREGATIONS, WordpieceLayout, aggregate
+from ..align import AGGREGATIONS, aggregate
 from ..attribution import Attribution, install_extensions, mark_explained, set_attribution
-from ..differentiable import DifferentiableView, EncodedBatch, ViewOutput
-from ..targets import LabelsSetting, Target, choose_targets, slot_count, slot_values, validate_labels
+from ..targets import LabelsSetting, Target, slot_count, slot_values, validate_labels
+from ..view import DifferentiableView, EncodedBatch, ViewOutput
 
 DEFAULT_CONFIG: Dict[str, Any] = {
     "target": None,
@@ -62,6 +62,8 @@ class AttributionComponent(Pipe):
     """
 
     method_name = "attribution"
+    #: whether the method reads gradients (then it cannot see what no gradient reaches; the head says what)
+    uses_gradients = False
 
     def __init__(self, nlp: Language, name: str, *, target: Optional[str], labels: LabelsSetting,
                  output: str, aggregation: str, attribute_at: Union[str, int], batch_size: int,
@@ -95,7 +97,7 @@ class AttributionComponent(Pipe):
                                       attribute_at=self.cfg["attribute_at"], dtype=self.cfg["dtype"])
             if not view.labels:
                 raise ValueError(f"The head {view.head_name!r} has no labels: initialize or train it first")
-            validate_labels(self.cfg["labels"], view.labels, view.head_name)
+            view.head.check_labels(self.cfg["labels"])
             self._view = view
         return self._view
 
@@ -138,35 +140,29 @@ class AttributionComponent(Pipe):
     # -- helpers for methods ------------------------------------------------------------------------
     def targets(self, output: ViewOutput, batch: EncodedBatch) -> List[List[Target]]:
         """The targets of each doc, read from a forward pass over the docs themselves."""
-        view = self.view
-        threshold = float(view.head.cfg.get("threshold", 0.5))
-        return choose_targets(output.logits, [len(doc) for doc in batch.docs], self.cfg["labels"],
-                              view.labels, per_token=view.per_token, exclusive=view.exclusive,
-                              threshold=threshold)
+        return self.view.targets(batch, output, self.cfg["labels"])
 
     def maps(self, batch: EncodedBatch, targets: List[List[Target]], output: ViewOutput,
              per_slot: Sequence[torch.Tensor], extras: Optional[Callable[[int, Target], Dict]] = None
              ) -> List[List[WordpieceMap]]:
         """Package per-slot wordpiece scores (each (n_rows, T), rows of the docs in order) by doc."""
+        notes = self.view.head.notes if self.uses_gradients else {}
         result: List[List[WordpieceMap]] = [[] for _ in batch.docs]
         for d, doc_targets in enumerate(targets):
             start, n = batch.row_starts[d], batch.rows[d]
             for slot, target in enumerate(doc_targets):
                 scores = per_slot[slot][start:start + n].detach().float().cpu().numpy()
                 value = float(output.scores[d, target.position, target.label_index].detach())
-                result[d].append(WordpieceMap(target, scores, value, extras(d, target) if extras else {}))
+                result[d].append(WordpieceMap(target, scores, value, {**notes, **(extras(d, target) if extras else {})}))
         return result
 
     def _to_attributions(self, batch: EncodedBatch, d: int, maps: List[WordpieceMap]) -> List[Attribution]:
-        start, n = batch.row_starts[d], batch.rows[d]
-        data = batch.doc_data[d]
-        mask = batch.attention_mask[start:start + n].cpu().numpy()
-        layout = WordpieceLayout.from_rows(data.wordpieces.strings, mask, data.align)
+        layout = batch.layout(d)
         attributions = []
         for m in maps:
             wordpiece_scores = m.scores.reshape(-1)[layout.positions].astype("float32")
             attributions.append(Attribution(
-                method=self.key, target=m.target.label, token=m.target.token,
+                method=self.key, target=m.target.label, token=m.target.token, span=m.target.span,
                 scores=aggregate(wordpiece_scores, layout.alignment, self.cfg["aggregation"]),
                 wordpieces=layout.strings, wordpiece_scores=wordpiece_scores,
                 alignment=layout.alignment, output=m.output, extras=m.extras))

@@ -17,7 +17,7 @@ import torch
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from ..differentiable import EncodedBatch
+from ..view import EncodedBatch
 from ..targets import LabelsSetting
 from .base import (DEFAULT_CONFIG, AttributionComponent, WordpieceMap, check_choice, instance_chunks,
                    slot_gradients)
@@ -45,6 +45,8 @@ def elementwise_map(base: str, grad: torch.Tensor, inputs: torch.Tensor) -> torc
 class GradientMethod(AttributionComponent):
     """One forward and one backward per target slot: the element-wise map reduced over hidden units."""
 
+    uses_gradients = True
+
     def explain(self, batch: EncodedBatch) -> List[List[WordpieceMap]]:
         view = self.view
         with view.frozen():
@@ -66,6 +68,7 @@ class GradientXInput(GradientMethod):
 
 class SmoothGrad(AttributionComponent):
     method_name = "smoothgrad"
+    uses_gradients = True
 
     def explain(self, batch: EncodedBatch) -> List[List[WordpieceMap]]:
         view, cfg = self.view, self.cfg

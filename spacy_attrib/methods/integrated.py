@@ -20,7 +20,7 @@ import numpy
 import torch
 from spacy.language import Language
 
-from ..differentiable import DifferentiableView, EncodedBatch
+from ..view import DifferentiableView, EncodedBatch
 from ..targets import LabelsSetting, Target
 from ..targets import slot_values
 from .base import (DEFAULT_CONFIG, AttributionComponent, WordpieceMap, check_choice, instance_chunks,
@@ -124,6 +124,7 @@ class Segment:
 
 class IntegratedGradients(AttributionComponent):
     method_name = "integrated_gradients"
+    uses_gradients = True
 
     def explain(self, batch: EncodedBatch) -> List[List[WordpieceMap]]:
         view, cfg = self.view, self.cfg

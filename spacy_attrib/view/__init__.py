@@ -1,0 +1,227 @@
+"""A spaCy `transformer → head` pipeline seen as one torch-differentiable function.
+
+This package is the only place that knows spacy-transformers and thinc internals. It re-uses the
+transformer's own span getter, tokenizer and alignment (`encoding`), runs the Hugging Face module directly
+with an attribution site (`transformer`), so that torch autograd reaches the site's values, and runs the
+head's own thinc model on the result through its `TransformerListener` (`heads`: one module per head
+kind), wrapped in a `torch.autograd.Function` whose backward is the head's thinc backprop. Any torch code,
+Captum included, can therefore differentiate the head's outputs with respect to the site's values.
+
+The view leaves the model as it found it (`guards`): eval mode, parameters out of autograd, head dropout
+zero and listener `grad_factor` 1 for the length of `frozen()`, thinc gradients removed after each
+backprop, weights never written.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from spacy.language import Language
+from spacy.tokens import Doc
+from spacy_transformers.layers.listener import TransformerListener
+from spacy_transformers.pipeline_component import Transformer
+from thinc.api import Model
+
+from ..targets import LabelsSetting, Target
+from . import guards
+from .encoding import EncodedBatch, encode
+from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
+from .heads.tagger import TaggerHead
+from .transformer import AttributionSite, TransformerRun
+
+OUTPUTS = ("log_prob", "prob", "logit")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ViewOutput:
+    """Outputs of a forward pass over instances (copies of the batch's docs, one per entry of `doc_index`).
+
+    `scores` is the attributed output (``log_prob``, ``prob`` or ``logit``), shaped
+    (n_instances, positions, labels): one position for doc-level heads, one per token for the tagger, one
+    per entity for the ner and per suggested span for spancat (zeros past a doc's own). `inputs` is the
+    tensor at the attribution site that the scores were computed from, shaped (n_instance_rows, T,
+    hidden): the given override, or the captured real value. `logits` are the head's raw scores (before
+    its output activation; the parser's per-step action scores).
+    """
+
+    scores: torch.Tensor
+    logits: torch.Tensor
+    inputs: torch.Tensor
+    doc_index: List[int]
+
+
+class DifferentiableView:
+    """The head named `head` of `nlp`, with the transformer it listens to, as a differentiable function.
+
+    nlp (Language): a pipeline with a spacy-transformers `transformer` and a head listening to it.
+    head (Optional[str]): the head component's name; by default the single supported component listening
+        to the transformer. Supported kinds: textcat, textcat_multilabel, tagger, ner, spancat.
+    output (str): the attributed output: ``log_prob`` (default, avoids softmax saturation), ``prob`` or
+        ``logit``. Each head kind defines it for its targets (see `spacy_attrib.view.heads`).
+    attribute_at (Union[str, int]): the attribution site (see `spacy_attrib.view.transformer`).
+    dtype (str): ``float32``, or ``bfloat16`` to run the transformer under autocast.
+    """
+
+    def __init__(self, nlp: Language, head: Optional[str] = None, *, output: str = "log_prob",
+                 attribute_at: AttributionSite = "embeddings", dtype: str = "float32"):
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        guards.register_fork_guard()
+        self.nlp = nlp
+        self.transformer_name, self.transformer = find_transformer(nlp)
+        self.head_name = head if head is not None else default_head(nlp, self.transformer_name)
+        if self.head_name not in nlp.pipe_names:
+            raise ValueError(f"No component named {self.head_name!r} in the pipeline {nlp.pipe_names}")
+        pipe = nlp.get_pipe(self.head_name)
+        listeners = listeners_of(pipe.model, self.transformer_name) if isinstance(pipe.model, Model) else []
+        if not listeners:
+            raise ValueError(
+                f"Component {self.head_name!r} does not listen to the transformer "
+                f"{self.transformer_name!r}: attribution needs a head whose model contains a "
+                "TransformerListener (spacy-transformers.TransformerListener.v1)."
+            )
+        kind = head_kind(pipe)
+        if kind is None:
+            raise ValueError(f"Component {self.head_name!r} ({type(pipe).__name__}) is not a supported head kind; "
+                             f"supported: {', '.join(SUPPORTED_HEADS)}")
+        self.output = output
+        self.attribute_at = attribute_at
+        self.run = TransformerRun(self.transformer.model.transformer, attribute_at, DTYPES[dtype],
+                                  self.tokenizer.padding_side)
+        self.head: Head = kind(self.head_name, pipe, listeners, self.device)
+
+    # -- what the pipeline is ------------------------------------------------------------------------
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        return self.transformer.model.transformer
+
+    @property
+    def tokenizer(self):
+        return self.transformer.model.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        return self.head.labels
+
+    @property
+    def per_token(self) -> bool:
+        return isinstance(self.head, TaggerHead)
+
+    @property
+    def exclusive(self) -> bool:
+        return bool(getattr(self.head, "exclusive", True))
+
+    def structural_ids(self) -> List[int]:
+        """Ids of special tokens that frame the text ([CLS], [SEP], <s>, …): baselines keep them."""
+        tokenizer = self.tokenizer
+        content = {tokenizer.unk_token_id, tokenizer.mask_token_id, tokenizer.pad_token_id}
+        return [i for i in tokenizer.all_special_ids if i not in content]
+
+    def token_id(self, token: str) -> int:
+        """The id of a special token such as ``[PAD]``, with a clear error where the tokenizer has none."""
+        attr = {"pad": "pad_token_id", "mask": "mask_token_id", "unk": "unk_token_id"}[token]
+        value = getattr(self.tokenizer, attr)
+        if value is None:
+            raise ValueError(f"The tokenizer of {self.transformer_name!r} has no {token} token")
+        return int(value)
+
+    # -- tokenization, as the transformer component does it; the head's plan ------------------------
+    def encode(self, docs: Sequence[Doc]) -> EncodedBatch:
+        """Tokenize `docs` as the transformer does, and fix the head's plan from the docs themselves."""
+        batch = encode(self.transformer, docs, self.device)
+
+        def hidden_states() -> torch.Tensor:
+            with self.frozen(), torch.no_grad():
+                rows = batch.row_index(range(len(batch.docs)))
+                return self.run.run(batch, rows, batch.input_ids, None, None)[1]
+
+        batch.plan = self.head.plan(batch, hidden_states)
+        return batch
+
+    def targets(self, batch: EncodedBatch, output: ViewOutput, labels: LabelsSetting) -> List[List[Target]]:
+        """Each doc's targets under the `labels` setting, from a forward pass over the docs themselves."""
+        return self.head.targets(batch, output.logits, labels)
+
+    # -- the function --------------------------------------------------------------------------------
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Eval mode, parameters out of autograd, head dropout off, listener grad_factor 1; restored on exit."""
+        with guards.frozen(self.hf_model, self.head.model):
+            yield
+
+    @contextmanager
+    def autocast(self) -> Iterator[None]:
+        with self.run.autocast():
+            yield
+
+    def capture(self, batch: EncodedBatch, input_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The tensor at the attribution site for `input_ids` (default: the batch's own), without grad."""
+        ids = batch.input_ids if input_ids is None else input_ids
+        with self.frozen():
+            return self.run.capture(self.run.inputs(batch, ids, None))
+
+    def forward(self, batch: EncodedBatch, inputs: Optional[torch.Tensor] = None, *,
+                doc_index: Optional[Sequence[int]] = None, input_ids: Optional[torch.Tensor] = None,
+                max_rows: Optional[int] = None) -> ViewOutput:
+        """The attributed output for instances of the batch's docs, differentiable w.r.t. the inputs.
+
+        inputs: values at the attribution site for every instance row (shape (n_rows, T, hidden)); by
+            default the real ones, captured as a leaf that requires grad when grad mode is on.
+        doc_index: which doc each instance copies (default: each doc once, in order); instance rows are
+            the doc's rows, concatenated in instance order (see `EncodedBatch.row_index`).
+        input_ids: wordpiece ids for the instance rows, for perturbed inputs (default: the docs' own).
+        max_rows: run the transformer at most this many rows at a time. Past it, rows run in chunks under
+            activation checkpointing: the backward pass recomputes one chunk at a time (rows are
+            independent, so this is exact), which bounds memory whatever the length of a doc.
+        Call inside `frozen()`.
+        """
+        doc_index = list(range(len(batch.docs))) if doc_index is None else list(doc_index)
+        rows = batch.row_index(doc_index)
+        ids = batch.input_ids[rows] if input_ids is None else input_ids
+        inputs, hidden = self.run.run(batch, rows, ids, inputs, max_rows)
+        logits = HeadFunction.apply(hidden, self.head, batch, doc_index)
+        return ViewOutput(self.head.scores(logits, batch, doc_index, self.output), logits, inputs, doc_index)
+
+
+# -- where things are in the pipeline --------------------------------------------------------------
+def find_transformer(nlp: Language) -> Tuple[str, Transformer]:
+    found = [(name, pipe) for name, pipe in nlp.pipeline if isinstance(pipe, Transformer)]
+    if not found:
+        raise ValueError(
+            "The pipeline has no spacy-transformers 'transformer' component "
+            f"(components: {nlp.pipe_names}); attribution methods explain transformer pipelines."
+        )
+    if len(found) > 1:
+        raise ValueError(f"The pipeline has several transformers {[n for n, _ in found]}; not supported")
+    return found[0]
+
+
+def listeners_of(model: Model, transformer_name: str) -> List[TransformerListener]:
+    return [node for node in model.walk() if isinstance(node, TransformerListener)
+            and node.upstream_name in ("*", transformer_name)]
+
+
+def default_head(nlp: Language, transformer_name: str) -> str:
+    """The single supported component that listens to the transformer."""
+    heads = [name for name, pipe in nlp.pipeline
+             if isinstance(getattr(pipe, "model", None), Model) and listeners_of(pipe.model, transformer_name)]
+    supported = [name for name in heads if head_kind(nlp.get_pipe(name)) is not None]
+    if len(supported) == 1:
+        return supported[0]
+    if not supported:
+        raise ValueError(
+            f"No supported head listens to the transformer {transformer_name!r} "
+            f"(listening: {heads}; supported kinds: {', '.join(SUPPORTED_HEADS)}). Name one with `head`."
+        )
+    raise ValueError(f"Several heads listen to the transformer: {supported}. Choose one with `head`.")
+
+
+__all__ = ["DifferentiableView", "EncodedBatch", "ViewOutput", "SUPPORTED_HEADS"]

@@ -1,0 +1,170 @@
+"""The Hugging Face module run with an attribution site: the tensor that attributions are taken at.
+
+- ``"embeddings"``: the embedding layer's output (word + position + type embeddings after LayerNorm,
+  what Captum's BERT tutorials hook with ``LayerIntegratedGradients(f, model.embeddings)``), the default;
+- ``"word_embeddings"``: the word-embedding lookup alone (``inputs_embeds``);
+- an integer ``k``: the hidden states after encoder layer ``k`` (``hidden_states[k]`` in Hugging Face
+  terms, so ``0`` is the embedding output).
+
+A forward hook on the site's module captures its value (as a leaf that requires grad) or replaces it with
+given values; hooks are registered for one call and removed after it. Rows past `max_rows` run in chunks
+under activation checkpointing, so memory is bounded whatever the length of a doc.
+"""
+
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Tuple, Union
+
+import torch
+import torch.utils.checkpoint
+
+from .encoding import EncodedBatch
+
+AttributionSite = Union[str, int]
+
+
+class _Captured(Exception):
+    """Stops a forward pass once the attribution site's value is captured."""
+
+
+class TransformerRun:
+    """How the view runs the transformer: its site, its dtype, its inputs for instance rows."""
+
+    def __init__(self, hf_model: torch.nn.Module, attribute_at: AttributionSite, dtype: torch.dtype,
+                 padding_side: str):
+        self.hf_model = hf_model
+        self.site = site_module(hf_model, attribute_at)
+        self.dtype = dtype
+        self.padding_side = padding_side
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @contextmanager
+    def autocast(self) -> Iterator[None]:
+        enabled = self.dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled):
+            yield
+
+    def inputs(self, batch: EncodedBatch, ids: torch.Tensor, rows: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Keyword arguments of the Hugging Face call for `ids` on the batch's `rows` (all when None)."""
+        def select(tensor):
+            return tensor if rows is None else tensor[rows]
+
+        kwargs = {"input_ids": ids, "attention_mask": select(batch.attention_mask)}
+        if batch.token_type_ids is not None:
+            kwargs["token_type_ids"] = select(batch.token_type_ids)
+        return kwargs
+
+    def capture(self, hf_inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The site's value for these inputs, without grad; the pass stops at the site."""
+        captured: List[torch.Tensor] = []
+
+        def hook(module, args, output):
+            captured.append(site_value(output).detach())
+            raise _Captured
+
+        handle = self.site.register_forward_hook(hook)
+        try:
+            with torch.no_grad(), self.autocast():
+                self.hf_model(**hf_inputs)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+        return captured[0].float()
+
+    def run(self, batch: EncodedBatch, rows: torch.Tensor, ids: torch.Tensor, inputs: Optional[torch.Tensor],
+            max_rows: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The last hidden state of `rows` (with wordpiece `ids`), the site set to `inputs` or, by default,
+        to its real value captured as a leaf. Returns (site values at the batch width, hidden states)."""
+        # Run only as wide as these rows' longest real sequence: the batch's padding beyond it is wasted
+        # work (a third of the time on a CPU for length-sorted SST-2 groups); the head's alignment
+        # needs the batch width back, and positions past the real ones carry nothing.
+        width = batch.width
+        if len(rows) and self.padding_side == "right":
+            width = int(batch.attention_mask[rows].sum(1).max())
+        hf_inputs = {k: v[:, :width] for k, v in self.inputs(batch, ids, rows).items()}
+        if max_rows is not None and len(rows) > max_rows:
+            if inputs is None:
+                inputs = pad_width(self.capture(hf_inputs), batch.width).requires_grad_(torch.is_grad_enabled())
+            hidden = torch.cat([self._run_rows({k: v[s:s + max_rows] for k, v in hf_inputs.items()},
+                                               inputs[s:s + max_rows, :width], checkpointed=torch.is_grad_enabled())
+                                for s in range(0, len(rows), max_rows)])
+        else:
+            inputs, hidden = self._run_capturing(hf_inputs, inputs, batch.width)
+        return inputs, pad_width(hidden, batch.width)
+
+    def _run_capturing(self, hf_inputs: Dict[str, torch.Tensor], inputs: Optional[torch.Tensor], full_width: int
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One transformer pass with `inputs` at the site, or the real values captured there. Returns the
+        site's values at `full_width` (the caller's `inputs`, or a new leaf) and the last hidden state."""
+        captured: List[torch.Tensor] = []
+
+        def hook(module, args, output):
+            real = site_value(output)
+            width = real.shape[1]
+            if inputs is not None:
+                full = inputs
+            elif real.requires_grad:
+                # Already on a path to something differentiated (e.g. a Captum layer hook): keep it.
+                full = pad_width(real, full_width)
+            else:
+                full = pad_width(real.detach().float(), full_width).requires_grad_(torch.is_grad_enabled())
+            captured.append(full)
+            return replace_site_value(output, full[:, :width].to(real.dtype))
+
+        handle = self.site.register_forward_hook(hook)
+        try:
+            with self.autocast():
+                hidden = self.hf_model(**hf_inputs).last_hidden_state
+        finally:
+            handle.remove()
+        return captured[0], hidden.float()
+
+    def _run_rows(self, hf_inputs: Dict[str, torch.Tensor], inputs: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+        if checkpointed:
+            return torch.utils.checkpoint.checkpoint(self._run_rows, hf_inputs, inputs, False, use_reentrant=False)
+        return self._run_capturing(hf_inputs, inputs, inputs.shape[1])[1]
+
+
+def pad_width(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad (rows, T, hidden) values to `width` positions."""
+    return torch.nn.functional.pad(values, (0, 0, 0, width - values.shape[1])) if values.shape[1] < width else values
+
+
+def site_module(hf_model: torch.nn.Module, attribute_at: AttributionSite) -> torch.nn.Module:
+    """The module whose output is the attribution site."""
+    embeddings = getattr(hf_model, "embeddings", None)
+    if attribute_at == "embeddings" and embeddings is not None:
+        return embeddings
+    if attribute_at == "word_embeddings":
+        return hf_model.get_input_embeddings()
+    if isinstance(attribute_at, int) and not isinstance(attribute_at, bool):
+        if attribute_at == 0 and embeddings is not None:
+            return embeddings
+        layers = encoder_layers(hf_model)
+        if not 1 <= attribute_at <= len(layers):
+            raise ValueError(f"attribute_at layer must be in 0..{len(layers)}, got {attribute_at}")
+        return layers[attribute_at - 1]
+    raise ValueError(
+        f"attribute_at must be 'embeddings', 'word_embeddings' or a layer number, got {attribute_at!r}"
+    )
+
+
+def encoder_layers(hf_model: torch.nn.Module) -> torch.nn.ModuleList:
+    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
+        module = hf_model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, torch.nn.ModuleList):
+            return module
+    raise ValueError(f"Cannot find the encoder layers of {type(hf_model).__name__}")
+
+
+def site_value(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def replace_site_value(output, value: torch.Tensor):
+    return (value,) + tuple(output[1:]) if isinstance(output, tuple) else value

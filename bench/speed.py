@@ -15,7 +15,7 @@ One run builds one pipeline and explains the same docs with every method, so all
 - Corpus: the first ``--n-docs`` docs of ``--data``: an SST-2 TSV (``label<TAB>sentence`` with a header;
   default SST-2 dev, 128 docs on a CPU, all 872 on a GPU) or an ERASER ``*.jsonl`` whose texts are in
   ``docs/<annotation_id>`` beside it. ``--long`` switches the default to 20 ERASER movie reviews (val; 2 on
-  a CPU, where IG-50 takes minutes per review), the long-document case: each exceeds 512 wordpieces and
+  a CPU, where IG-50 takes about 40 s per review), the long-document case: each exceeds 512 wordpieces and
   is split into overlapping windows.
 
 Rows of the table (seconds for the whole corpus; docs are tokenized before the clock starts, and every row
@@ -56,7 +56,9 @@ longest row, on which the size of a forward/backward depends), and over single d
 5,000 spaCy tokens (``--long-doc-tokens``) made by concatenating ERASER reviews (strided windows, at most
 ``--internal-batch-size`` rows per forward/backward); for each its time, the resident set size before IG
 started (pipeline loaded, docs made) and the peak resident set size while IG ran (VmHWM, reset just before),
-plus peak torch CUDA memory on a GPU.
+plus peak torch CUDA memory on a GPU. (With glibc's default allocator the peak creeps up with the number of
+docs, heap fragmentation from its dynamic mmap threshold: 1,466 -> 1,714 MB for 16 -> 256 docs on a CPU;
+with ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment it is flat, 1,045 -> 1,061 MB, at some cost in time.)
 
 The machine's load average is recorded at the start and end: on a shared CPU other processes slow every row
 (there ``--threads 1`` can be much faster than torch's default of one thread per core).
@@ -89,7 +91,7 @@ from spacy.training import Example
 from spacy.util import minibatch
 from thinc.api import ConfigValidationError
 
-from spacy_attrib.differentiable import DifferentiableView
+from spacy_attrib.view import DifferentiableView
 from spacy_attrib.methods.base import AttributionComponent
 
 T = TypeVar("T")
@@ -204,7 +206,7 @@ def best_of(repeats: int, make_docs: Callable[[], List[Doc]], run: Callable[[Lis
 @dataclass
 class Quality:
     """Per doc: the relative completeness gap, the gradient evaluations used, and for adaptive IG the
-    no-grad probes of the path and whether the gap was certified within the tolerance."""
+    no-grad probes of the path and whether the gap ended within the tolerance."""
 
     relative_gaps: List[float] = field(default_factory=list)
     steps: List[float] = field(default_factory=list)
@@ -483,7 +485,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="time the Captum rows on the first K docs, extrapolate by wordpieces (default: all)")
     parser.add_argument("--repeats", type=int, default=3 if gpu else 1,
                         help="repeats of the IG, Captum and padding rows (default 3 on a GPU, 1 on a CPU)")
-    parser.add_argument("--memory", action="store_true", help="also run the memory section")
+    parser.add_argument("--memory", action="store_true",
+                        help="also run the memory section (on the first docs of --data: use it without --long)")
     parser.add_argument("--memory-sizes", default="16,64,256")
     parser.add_argument("--long-doc-tokens", default="1000,5000", help="sizes of the single long docs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

@@ -21,7 +21,7 @@ class Attribution:
     """One explanation: how much each spaCy token (and each wordpiece) contributed to one target.
 
     method: the method's key in ``doc._.attributions``.
-    target: the explained label.
+    label: the explained label.
     scores: one float per spaCy token of the doc (0 for tokens without wordpieces).
     wordpieces: the wordpieces the transformer saw, row after row (long docs span several windows,
         each with its own special tokens), padding excluded.
@@ -35,7 +35,7 @@ class Attribution:
     """
 
     method: str
-    target: str
+    label: str
     scores: numpy.ndarray
     wordpieces: List[str]
     wordpiece_scores: numpy.ndarray
@@ -52,7 +52,7 @@ class Attribution:
 
     def to_dict(self) -> Dict[str, Any]:
         return {
-            "method": self.method, "target": self.target, "token": self.token,
+            "method": self.method, "label": self.label, "token": self.token,
             "span": None if self.span is None else [int(self.span[0]), int(self.span[1])],
             "scores": numpy.asarray(self.scores, dtype="float32"),
             "wordpieces": list(self.wordpieces),
@@ -64,7 +64,7 @@ class Attribution:
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Attribution":
         return cls(
-            method=data["method"], target=data["target"], token=data.get("token"),
+            method=data["method"], label=data["label"], token=data.get("token"),
             span=None if data.get("span") is None else (int(data["span"][0]), int(data["span"][1])),
             scores=numpy.asarray(data["scores"], dtype="float32"),
             wordpieces=list(data["wordpieces"]),
@@ -93,7 +93,7 @@ def set_attribution(doc: Doc, attribution: Attribution) -> None:
         by_method = store["tokens"].setdefault(str(attribution.token), {})
     else:
         by_method = store["doc"]
-    by_method.setdefault(attribution.method, {})[attribution.target] = attribution.to_dict()
+    by_method.setdefault(attribution.method, {})[attribution.label] = attribution.to_dict()
 
 
 def mark_explained(doc: Doc, method: str) -> None:

@@ -10,7 +10,7 @@ from conftest import explain
 
 
 def assert_same(a: Attribution, b: Attribution) -> None:
-    assert (a.method, a.target, a.token, a.wordpieces, a.alignment) == (b.method, b.target, b.token,
+    assert (a.method, a.label, a.token, a.wordpieces, a.alignment) == (b.method, b.label, b.token,
                                                                         b.wordpieces, b.alignment)
     numpy.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
     numpy.testing.assert_allclose(a.wordpiece_scores, b.wordpiece_scores, atol=1e-6)

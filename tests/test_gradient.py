@@ -75,7 +75,30 @@ def test_smoothgrad_is_deterministic_and_batch_invariant(textcat_nlp, texts):
 def test_bad_settings_fail_clearly(textcat_nlp):
     from conftest import make_method
 
-    with pytest.raises(ValueError, match="reduction must be one of"):
+    with pytest.raises(ValueError, match="reduction.*'l1'"):
         make_method(textcat_nlp, "attr_saliency", reduction="l1")
-    with pytest.raises(ValueError, match="base must be"):
+    with pytest.raises(ValueError, match="base.*'lime'"):
         make_method(textcat_nlp, "attr_smoothgrad", base="lime")
+
+
+def test_smoothgrad_noise_is_drawn_per_chunk(textcat_nlp, monkeypatch):
+    """Memory is bounded by internal_batch_size: no draw is larger than one sample of one doc (not
+    n_samples × the doc), and the result does not depend on the chunking."""
+    text = " ".join(["the film was good and the plot was warm ."] * 3)
+    drawn = []
+    normal = torch.normal
+
+    def recording_normal(*args, **kwargs):
+        values = normal(*args, **kwargs)
+        drawn.append(values.numel())
+        return values
+
+    _, (whole,) = explain(textcat_nlp, "attr_smoothgrad", [text], n_samples=6)
+    monkeypatch.setattr(torch, "normal", recording_normal)
+    component, (chunked,) = explain(textcat_nlp, "attr_smoothgrad", [text], n_samples=6, internal_batch_size=2)
+    batch = component.view.encode([chunked])
+    one_sample = batch.rows[0] * int(batch.attention_mask.sum(1).max()) * component.view.hf_model.config.hidden_size
+    assert len(drawn) == 6 and max(drawn) == one_sample
+    (label, expected), = whole._.attributions["smoothgrad"].items()
+    numpy.testing.assert_allclose(chunked._.attributions["smoothgrad"][label].wordpiece_scores,
+                                  expected.wordpiece_scores, atol=1e-5)

@@ -6,7 +6,7 @@ import torch
 from captum.attr import IntegratedGradients as CaptumIG
 from captum.attr import LayerIntegratedGradients
 
-from spacy_attrib.methods.integrated import baseline_inputs, quadrature
+from spacy_attrib.methods.integrated import baseline_inputs, quadrature_points
 
 from conftest import explain, make_method
 
@@ -21,9 +21,9 @@ def captum_function(view, batch, label_index):
     return f
 
 
-@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid"])
-def test_matches_captum_integrated_gradients(textcat_nlp, method):
-    component, (doc,) = explain(textcat_nlp, "attr_integrated_gradients", [TEXT], method=method)
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid"])
+def test_matches_captum_integrated_gradients(textcat_nlp, rule):
+    component, (doc,) = explain(textcat_nlp, "attr_integrated_gradients", [TEXT], n_steps=50, quadrature=rule)
     label, ours = next(iter(doc._.attributions["integrated_gradients"].items()))
     view = component.view
     batch = view.encode([doc])
@@ -31,13 +31,13 @@ def test_matches_captum_integrated_gradients(textcat_nlp, method):
         inputs = view.capture(batch)
         baseline = baseline_inputs(view, batch, inputs, "pad")
         f = captum_function(view, batch, view.labels.index(label))
-        if method == "gausslegendre":
+        if rule == "gausslegendre":
             expected = CaptumIG(f).attribute(inputs, baselines=baseline, n_steps=50, method="gausslegendre")
         else:
             # Captum's trapezoid weights sum to 1 - 1/n; ours are the trapezoid rule proper, so compare
             # with Captum's IG over the same points and weights via its `step_sizes` hook-free route:
             # the quadrature is checked separately below, here the gradients along the path.
-            alphas, weights = quadrature(50, method)
+            alphas, weights = quadrature_points(50, rule)
             grads = torch.zeros_like(inputs)
             for alpha, weight in zip(alphas, weights):
                 point = (baseline + alpha * (inputs - baseline)).requires_grad_(True)
@@ -50,7 +50,7 @@ def test_matches_captum_integrated_gradients(textcat_nlp, method):
 def test_default_site_matches_captum_layer_call(textcat_nlp):
     """The default site is the embedding layer's output: Captum's LayerIntegratedGradients(f, embeddings)
     with a [CLS] [PAD]… [SEP] reference gives the same scores."""
-    component, (doc,) = explain(textcat_nlp, "attr_integrated_gradients", [TEXT])
+    component, (doc,) = explain(textcat_nlp, "attr_integrated_gradients", [TEXT], n_steps=50)
     label, ours = next(iter(doc._.attributions["integrated_gradients"].items()))
     view = component.view
     batch = view.encode([doc])
@@ -79,7 +79,8 @@ def test_word_embedding_site_differs_from_embedding_output(textcat_nlp):
 
 @pytest.mark.parametrize("baseline", ["pad", "mask", "unk", "zero"])
 def test_completeness(textcat_nlp, texts, baseline):
-    """Σ IG = f(x) − f(x′) up to the quadrature error, checked against independent forward passes."""
+    """Σ IG = f(x) − f(x′) within the default tolerance (1 % of |f(x) − f(x′)|, or of the 0.1 output floor
+    for an output that barely moves), checked against independent forward passes."""
     component, docs = explain(textcat_nlp, "attr_integrated_gradients", texts[:4], baseline=baseline,
                               labels="all")
     view = component.view
@@ -93,10 +94,8 @@ def test_completeness(textcat_nlp, texts, baseline):
             difference = float(f_x[view.labels.index(label)] - f_baseline[view.labels.index(label)])
             total = float(attribution.wordpiece_scores.sum())
             assert attribution.delta == pytest.approx(total - difference, abs=1e-6)
-            # From the zero vector (far from any embedding) the path bends more: 50 steps leave up to ~4 %.
-            tolerance = 0.05 if baseline == "zero" else 0.01
-            assert abs(attribution.delta) <= tolerance * abs(difference) + 1e-6
-            assert attribution.extras["relative_delta"] <= tolerance + 1e-6
+            assert attribution.extras["converged"]
+            assert abs(attribution.delta) <= 0.01 * max(abs(difference), 0.1) + 1e-6
 
 
 def test_batch_invariance(textcat_nlp, texts):
@@ -112,11 +111,11 @@ def test_batch_invariance(textcat_nlp, texts):
             numpy.testing.assert_allclose(other.scores, attribution.scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid"])
-def test_quadrature_integrates_polynomials(method):
-    alphas, weights = quadrature(9, method)
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid"])
+def test_quadrature_integrates_polynomials(rule):
+    alphas, weights = quadrature_points(9, rule)
     assert weights.sum() == pytest.approx(1.0)
-    if method == "gausslegendre":  # exact up to degree 2n - 1
+    if rule == "gausslegendre":  # exact up to degree 2n - 1
         assert (weights * alphas ** 17).sum() == pytest.approx(1 / 18)
     else:  # exact for linear functions, O(h²) otherwise
         assert (weights * alphas).sum() == pytest.approx(0.5)
@@ -124,9 +123,11 @@ def test_quadrature_integrates_polynomials(method):
 
 
 def test_bad_settings_fail_clearly(textcat_nlp):
-    with pytest.raises(ValueError, match="method must be one of"):
-        make_method(textcat_nlp, "attr_integrated_gradients", method="simpson")
-    with pytest.raises(ValueError, match="baseline must be one of"):
+    with pytest.raises(ValueError, match="quadrature.*'simpson'"):
+        make_method(textcat_nlp, "attr_integrated_gradients", quadrature="simpson")
+    with pytest.raises(ValueError, match="n_steps.*'many'"):
+        make_method(textcat_nlp, "attr_integrated_gradients", n_steps="many")
+    with pytest.raises(ValueError, match="baseline.*'random'"):
         make_method(textcat_nlp, "attr_integrated_gradients", baseline="random")
 
 

@@ -8,23 +8,34 @@ wordpieces to spaCy tokens, writing `doc._.attributions`, serialization.
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy
 import srsly
 import torch
+from pydantic import StrictInt
 from spacy.language import Language
 from spacy.pipeline import Pipe
 from spacy.tokens import Doc
 from spacy.util import ensure_path, minibatch
 
-from ..align import AGGREGATIONS, aggregate
+from ..align import aggregate
 from ..attribution import Attribution, install_extensions, mark_explained, set_attribution
-from ..targets import LabelsSetting, Target, slot_count, slot_values, validate_labels
-from ..view import DifferentiableView, EncodedBatch, ViewOutput
+from ..targets import LabelsSetting, Target, slot_count, slot_values
+from ..view import SUPPORTED_HEADS, DifferentiableView, EncodedBatch, ViewOutput
+from ..view.heads import head_kind
+
+# Setting types of the factories: spaCy validates them when a component is created (`add_pipe`,
+# `spacy.load`, a training config), so a bad value fails there, naming the setting, not on the first doc.
+Labels = Union[Literal["predicted", "all"], List[str]]
+Output = Literal["log_prob", "prob", "logit"]
+Aggregation = Literal["sum", "mean", "max_abs"]
+Site = Union[Literal["embeddings", "word_embeddings"], StrictInt]
+DType = Literal["float32", "bfloat16"]
+ASSIGNS = ["doc._.attributions", "span._.attributions", "token._.attributions"]
 
 DEFAULT_CONFIG: Dict[str, Any] = {
-    "target": None,
+    "head": None,
     "labels": "predicted",
     "output": "log_prob",
     "aggregation": "sum",
@@ -49,7 +60,8 @@ class WordpieceMap:
 class AttributionComponent(Pipe):
     """Base of the ``attr_*`` components. Settings common to all methods:
 
-    target: the head to explain (default: the single supported head listening to the transformer).
+    head: the name of the head component to explain (default: the single supported head listening to the
+        transformer).
     labels: ``"predicted"`` (default), ``"all"``, or a list of labels.
     output: the attributed output, ``log_prob`` (default), ``prob`` or ``logit``.
     aggregation: wordpiece → token aggregation, ``sum`` (default), ``mean`` or ``max_abs``.
@@ -65,20 +77,18 @@ class AttributionComponent(Pipe):
     #: whether the method reads gradients (then it cannot see what no gradient reaches; the head says what)
     uses_gradients = False
 
-    def __init__(self, nlp: Language, name: str, *, target: Optional[str], labels: LabelsSetting,
+    def __init__(self, nlp: Language, name: str, *, head: Optional[str], labels: LabelsSetting,
                  output: str, aggregation: str, attribute_at: Union[str, int], batch_size: int,
                  internal_batch_size: int, dtype: str, key: Optional[str], **settings: Any):
-        check_choice("aggregation", aggregation, AGGREGATIONS)
         for setting, value in (("batch_size", batch_size), ("internal_batch_size", internal_batch_size)):
             if value < 1:
                 raise ValueError(f"{setting} must be at least 1, got {value}")
-        if isinstance(labels, str):
-            validate_labels(labels, (), name)
-        else:
-            labels = list(labels)
+        if head is not None:
+            check_head(nlp, head)
         self.nlp = nlp
         self.name = name
-        self.cfg: Dict[str, Any] = dict(target=target, labels=labels, output=output,
+        self.cfg: Dict[str, Any] = dict(head=head, labels=labels if isinstance(labels, str) else list(labels),
+                                        output=output,
                                         aggregation=aggregation, attribute_at=attribute_at,
                                         batch_size=batch_size, internal_batch_size=internal_batch_size,
                                         dtype=dtype, key=key, **settings)
@@ -93,7 +103,7 @@ class AttributionComponent(Pipe):
     def view(self) -> DifferentiableView:
         """The pipeline as a differentiable function, built on first use (the head may be added later)."""
         if self._view is None:
-            view = DifferentiableView(self.nlp, self.cfg["target"], output=self.cfg["output"],
+            view = DifferentiableView(self.nlp, self.cfg["head"], output=self.cfg["output"],
                                       attribute_at=self.cfg["attribute_at"], dtype=self.cfg["dtype"])
             if not view.labels:
                 raise ValueError(f"The head {view.head_name!r} has no labels: initialize or train it first")
@@ -162,7 +172,7 @@ class AttributionComponent(Pipe):
         for m in maps:
             wordpiece_scores = m.scores.reshape(-1)[layout.positions].astype("float32")
             attributions.append(Attribution(
-                method=self.key, target=m.target.label, token=m.target.token, span=m.target.span,
+                method=self.key, label=m.target.label, token=m.target.token, span=m.target.span,
                 scores=aggregate(wordpiece_scores, layout.alignment, self.cfg["aggregation"]),
                 wordpieces=layout.strings, wordpiece_scores=wordpiece_scores,
                 alignment=layout.alignment, output=m.output, extras=m.extras))
@@ -188,6 +198,17 @@ class AttributionComponent(Pipe):
             self.cfg.update(srsly.read_json(path / "cfg"))
         self._view = None
         return self
+
+
+def check_head(nlp: Language, head: str) -> None:
+    """A named head must be in the pipeline (components are created in pipeline order, so it is there
+    before any component that explains it) and of a supported kind."""
+    if head not in nlp.pipe_names:
+        raise ValueError(f"No component named {head!r} in the pipeline {nlp.pipe_names}: `head` names the "
+                         "component to explain, added before the attribution component")
+    if head_kind(nlp.get_pipe(head)) is None:
+        raise ValueError(f"Component {head!r} ({type(nlp.get_pipe(head)).__name__}) is not a supported head kind; "
+                         f"supported: {', '.join(SUPPORTED_HEADS)}")
 
 
 def check_choice(setting: str, value: Any, choices: Sequence[Any]) -> None:

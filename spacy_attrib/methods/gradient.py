@@ -11,21 +11,15 @@
 """
 
 import zlib
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional
 
 import torch
 from spacy.language import Language
 from spacy.tokens import Doc
 
 from ..view import EncodedBatch
-from ..targets import LabelsSetting
-from .base import (DEFAULT_CONFIG, AttributionComponent, WordpieceMap, check_choice, instance_chunks,
-                   slot_gradients)
-
-REDUCTIONS = ("l2", "l2_squared", "sum")
-
-
-BASES = ("saliency", "gradient_x_input")
+from .base import (ASSIGNS, DEFAULT_CONFIG, Aggregation, AttributionComponent, DType, Labels, Output, Site,
+                   WordpieceMap, instance_chunks, slot_gradients)
 
 
 def reduce_hidden(values: torch.Tensor, how: str) -> torch.Tensor:
@@ -78,14 +72,16 @@ class SmoothGrad(AttributionComponent):
             with torch.no_grad():
                 output = view.forward(batch, inputs, max_rows=cfg["internal_batch_size"])
             targets = self.targets(output, batch)
-            noise = [self.noise(batch, inputs, d) for d in range(len(batch.docs))]
+            # One generator per doc, seeded by the doc alone; samples are drawn in order, chunk by chunk,
+            # so memory stays bounded by internal_batch_size and the noise does not depend on batching.
+            generators = [self.noise_generator(batch.docs[d], inputs.device) for d in range(len(batch.docs))]
             n_slots = max((len(t) for t in targets), default=0)
             total = [torch.zeros_like(inputs) for _ in range(n_slots)]
             total_sq = [torch.zeros_like(inputs) for _ in range(n_slots)]
-            samples = [(d, k) for d in range(len(batch.docs)) for k in range(n_samples)]
-            for chunk in instance_chunks(batch, [d for d, _ in samples], cfg["internal_batch_size"]):
-                noisy = inputs[chunk.rows] + torch.cat([noise[d][k] for d, k in (samples[i] for i in chunk.instances)])
-                noisy.requires_grad_(True)
+            samples = [d for d in range(len(batch.docs)) for _ in range(n_samples)]
+            for chunk in instance_chunks(batch, samples, cfg["internal_batch_size"]):
+                noise = torch.cat([self.noise(batch, inputs, d, generators[d]) for d in chunk.doc_index])
+                noisy = (inputs[chunk.rows] + noise).requires_grad_(True)
                 chunk_output = view.forward(batch, noisy, doc_index=chunk.doc_index,
                                             max_rows=cfg["internal_batch_size"])
                 for slot, grad in slot_gradients(chunk_output, targets):
@@ -109,40 +105,39 @@ class SmoothGrad(AttributionComponent):
         """The seed of a doc's noise: the `seed` setting and the doc's text, nothing else."""
         return self.cfg["seed"] + zlib.crc32(doc.text.encode("utf8"))
 
-    def noise(self, batch: EncodedBatch, inputs: torch.Tensor, d: int) -> torch.Tensor:
-        """(n_samples, rows, T, hidden) noise for doc `d`, drawn from a generator seeded by the doc.
+    def noise_generator(self, doc: Doc, device: torch.device) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(self.noise_seed(doc))
+
+    def noise(self, batch: EncodedBatch, inputs: torch.Tensor, d: int, generator: torch.Generator) -> torch.Tensor:
+        """The next sample of noise for doc `d`, (rows, T, hidden), drawn from the doc's generator.
 
         It is drawn at the doc's own width and zero-padded to the batch's, so that it does not depend on
         the other docs of the batch (padding positions are masked out of attention anyway)."""
         start, n = batch.row_starts[d], batch.rows[d]
         width = int(batch.attention_mask[start:start + n].sum(1).max())
-        shape = (self.cfg["n_samples"] * n, width, inputs.shape[-1])
-        generator = torch.Generator(device=inputs.device).manual_seed(self.noise_seed(batch.docs[d]))
-        std = torch.full(shape, self.sigma(batch, inputs, d), device=inputs.device)
-        noise = torch.nn.functional.pad(torch.normal(0.0, std, generator=generator),
-                                        (0, 0, 0, inputs.shape[1] - width))
-        return noise.reshape((self.cfg["n_samples"], n) + tuple(inputs.shape[1:]))
+        std = torch.full((n, width, inputs.shape[-1]), self.sigma(batch, inputs, d), device=inputs.device)
+        return torch.nn.functional.pad(torch.normal(0.0, std, generator=generator), (0, 0, 0, inputs.shape[1] - width))
 
 
-@Language.factory("attr_saliency", default_config={**DEFAULT_CONFIG, "reduction": "l2"})
-def make_saliency(nlp: Language, name: str, target: Optional[str], labels: LabelsSetting, output: str,
-                  aggregation: str, attribute_at: Union[str, int], batch_size: int, internal_batch_size: int,
-                  dtype: str, key: Optional[str], reduction: str) -> Saliency:
+Reduction = Literal["l2", "l2_squared", "sum"]
+
+
+@Language.factory("attr_saliency", default_config={**DEFAULT_CONFIG, "reduction": "l2"}, assigns=ASSIGNS)
+def make_saliency(nlp: Language, name: str, head: Optional[str], labels: Labels, output: Output,
+                  aggregation: Aggregation, attribute_at: Site, batch_size: int, internal_batch_size: int,
+                  dtype: DType, key: Optional[str], reduction: Reduction) -> Saliency:
     """Gradient saliency: ‖∂f/∂x_i‖ per wordpiece (`reduction`: l2, l2_squared or signed sum)."""
-    check_choice("reduction", reduction, REDUCTIONS)
-    return Saliency(nlp, name, target=target, labels=labels, output=output, aggregation=aggregation,
+    return Saliency(nlp, name, head=head, labels=labels, output=output, aggregation=aggregation,
                     attribute_at=attribute_at, batch_size=batch_size, internal_batch_size=internal_batch_size,
                     dtype=dtype, key=key, reduction=reduction)
 
 
-@Language.factory("attr_gradient_x_input", default_config={**DEFAULT_CONFIG, "reduction": "sum"})
-def make_gradient_x_input(nlp: Language, name: str, target: Optional[str], labels: LabelsSetting,
-                          output: str, aggregation: str, attribute_at: Union[str, int], batch_size: int,
-                          internal_batch_size: int, dtype: str, key: Optional[str],
-                          reduction: str) -> GradientXInput:
+@Language.factory("attr_gradient_x_input", default_config={**DEFAULT_CONFIG, "reduction": "sum"}, assigns=ASSIGNS)
+def make_gradient_x_input(nlp: Language, name: str, head: Optional[str], labels: Labels, output: Output,
+                          aggregation: Aggregation, attribute_at: Site, batch_size: int, internal_batch_size: int,
+                          dtype: DType, key: Optional[str], reduction: Reduction) -> GradientXInput:
     """Gradient × input: Σ_h x_ih ∂f/∂x_ih per wordpiece (`reduction` sum; l2 or l2_squared for Wu & Ong)."""
-    check_choice("reduction", reduction, REDUCTIONS)
-    return GradientXInput(nlp, name, target=target, labels=labels, output=output, aggregation=aggregation,
+    return GradientXInput(nlp, name, head=head, labels=labels, output=output, aggregation=aggregation,
                           attribute_at=attribute_at, batch_size=batch_size,
                           internal_batch_size=internal_batch_size, dtype=dtype, key=key, reduction=reduction)
 
@@ -151,17 +146,15 @@ SMOOTHGRAD_CONFIG: Dict[str, Any] = {**DEFAULT_CONFIG, "base": "gradient_x_input
                                      "n_samples": 25, "noise_level": 0.1, "var": False, "seed": 0}
 
 
-@Language.factory("attr_smoothgrad", default_config=SMOOTHGRAD_CONFIG)
-def make_smoothgrad(nlp: Language, name: str, target: Optional[str], labels: LabelsSetting, output: str,
-                    aggregation: str, attribute_at: Union[str, int], batch_size: int, internal_batch_size: int,
-                    dtype: str, key: Optional[str], base: str, reduction: str, n_samples: int,
-                    noise_level: float, var: bool, seed: int) -> SmoothGrad:
+@Language.factory("attr_smoothgrad", default_config=SMOOTHGRAD_CONFIG, assigns=ASSIGNS)
+def make_smoothgrad(nlp: Language, name: str, head: Optional[str], labels: Labels, output: Output,
+                    aggregation: Aggregation, attribute_at: Site, batch_size: int, internal_batch_size: int,
+                    dtype: DType, key: Optional[str], base: Literal["saliency", "gradient_x_input"],
+                    reduction: Reduction, n_samples: int, noise_level: float, var: bool, seed: int) -> SmoothGrad:
     """SmoothGrad (or VarGrad with `var`) over `n_samples` noisy copies of the input."""
-    check_choice("base", base, BASES)
-    check_choice("reduction", reduction, REDUCTIONS)
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    return SmoothGrad(nlp, name, target=target, labels=labels, output=output, aggregation=aggregation,
+    return SmoothGrad(nlp, name, head=head, labels=labels, output=output, aggregation=aggregation,
                       attribute_at=attribute_at, batch_size=batch_size, internal_batch_size=internal_batch_size,
                       dtype=dtype, key=key, base=base, reduction=reduction, n_samples=n_samples,
                       noise_level=noise_level, var=var, seed=seed)

@@ -2,10 +2,12 @@
 
     IG_i = Σ_h (x − x′)_ih · ∫₀¹ ∂f(x′ + α(x − x′))/∂x_ih dα
 
-with the integral replaced by a quadrature over `n_steps` points (Gauss–Legendre, as Captum does by
-default, or the trapezoid rule). Completeness says Σ_i IG_i = f(x) − f(x′); the gap
-δ = Σ_i IG_i − (f(x) − f(x′)) is reported with every result (``extras["delta"]``, and the relative gap
-``|δ| / |f(x) − f(x′)|``), so a user can tell whether `n_steps` was enough.
+Completeness says Σ_i IG_i = f(x) − f(x′); the gap δ = Σ_i IG_i − (f(x) − f(x′)) is reported with every
+result (``extras["delta"]``, and the relative gap ``|δ| / |f(x) − f(x′)|``).
+
+The integral is computed by ``n_steps = "auto"`` (default): points are placed where the output changes
+until the gap is within `tolerance` (see `IntegratedGradients.adaptive`); or over a fixed number of
+points with a `quadrature` rule (Gauss–Legendre, as Captum does by default, or the trapezoid rule).
 
 The baseline x′ is the attribution-site value of a reference text of the same length: ``pad`` keeps
 [CLS]/[SEP] and puts [PAD] everywhere else (the common choice for BERT); ``mask`` and ``unk`` use [MASK]
@@ -14,33 +16,35 @@ or [UNK]; ``zero`` is the zero tensor. Steps of several docs go through the tran
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy
 import torch
 from spacy.language import Language
 
 from ..view import DifferentiableView, EncodedBatch
-from ..targets import LabelsSetting, Target
-from ..targets import slot_values
-from .base import (DEFAULT_CONFIG, AttributionComponent, WordpieceMap, check_choice, instance_chunks,
-                   slot_gradients)
+from pydantic import StrictInt
+
+from ..targets import Target, slot_values
+from .base import (ASSIGNS, DEFAULT_CONFIG, Aggregation, AttributionComponent, DType, Labels, Output, Site,
+                   WordpieceMap, check_choice, instance_chunks, slot_gradients)
 
 QUADRATURES = ("gausslegendre", "riemann_trapezoid")
 BASELINES = ("pad", "mask", "unk", "zero")
-OUTPUT_FLOOR = 1e-3
+Quadrature = Literal["gausslegendre", "riemann_trapezoid"]
+Baseline = Literal["pad", "mask", "unk", "zero"]
 SEGMENT_NODES = 3  # Gauss–Legendre points per segment of the adaptive path (exact to degree 5)
 
 
-def quadrature(n_steps: int, method: str) -> Tuple[numpy.ndarray, numpy.ndarray]:
-    """Points α in [0, 1] and weights for ∫₀¹ g(α) dα ≈ Σ_k w_k g(α_k)."""
-    check_choice("method", method, QUADRATURES)
+def quadrature_points(n_steps: int, rule: str) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """Points α in [0, 1] and weights for ∫₀¹ g(α) dα ≈ Σ_k w_k g(α_k) under the quadrature `rule`."""
+    check_choice("quadrature", rule, QUADRATURES)
     if n_steps < 1:
         raise ValueError(f"n_steps must be at least 1, got {n_steps}")
-    if method == "gausslegendre":
+    if rule == "gausslegendre":
         nodes, weights = numpy.polynomial.legendre.leggauss(n_steps)
         return 0.5 * (nodes + 1), 0.5 * weights
-    if method == "riemann_trapezoid":
+    if rule == "riemann_trapezoid":
         if n_steps < 2:
             raise ValueError("riemann_trapezoid needs at least 2 steps")
         # The trapezoid rule proper: the weights sum to 1 (Captum's variant sums to 1 − 1/n).
@@ -155,7 +159,7 @@ class IntegratedGradients(AttributionComponent):
 
     def uniform(self, path: StraightPath) -> List[Optional[torch.Tensor]]:
         """`n_steps` quadrature points over [0, 1] for every doc, summed per doc."""
-        alphas, weights = quadrature(self.cfg["n_steps"], self.cfg["method"])
+        alphas, weights = quadrature_points(self.cfg["n_steps"], self.cfg["quadrature"])
         docs = [d for d in range(len(path.batch.docs)) if path.batch.rows[d]]
         points = [(d, float(a), float(w)) for d in docs for a, w in zip(alphas, weights)]
         maps: List[Optional[torch.Tensor]] = [None] * len(path.batch.docs)
@@ -172,13 +176,15 @@ class IntegratedGradients(AttributionComponent):
            variation |Δf| along the grid and of path length, so that segments are short where f moves.
         3. Integrate each segment with `SEGMENT_NODES`-point Gauss–Legendre. Stop when the doc's completeness gap
            |Σ attributions − (f(x) − f(x′))| is within `tolerance` (relative to |f(x) − f(x′)|; worst
-           target). Else bisect the segments with the largest gaps (each segment's own gap
+           target), or, for an output that moves less than `output_floor` along the path, within
+           `tolerance` × `output_floor` (a tighter gap on such a doc buys nothing and costs the most steps).
+           Else bisect the segments with the largest gaps (each segment's own gap
            |Σ map − (f(b) − f(a))| is known exactly, since f at its ends comes from forward passes; their
            sum, `gap_bound`, bounds the doc's gap), one forward per midpoint, and integrate the halves,
            within `max_steps` gradient evaluations per doc.
         """
         cfg, batch = self.cfg, path.batch
-        nodes, node_weights = quadrature(SEGMENT_NODES, "gausslegendre")
+        nodes, node_weights = quadrature_points(SEGMENT_NODES, "gausslegendre")
         probe = numpy.linspace(0.0, 1.0, cfg["probe_steps"] + 1)
         docs = [d for d in range(len(batch.docs)) if batch.rows[d]]
         n = len(batch.docs)
@@ -190,9 +196,7 @@ class IntegratedGradients(AttributionComponent):
             f_grid = torch.cat([f_start[d][None], interior[j], f_end[d][None]])
             segments[d] = [Segment(a, b, f_grid[i], f_grid[k]) for a, b, i, k in
                            self._initial_cuts(probe, f_grid, cfg["initial_segments"])]
-        # Gaps are relative to |f(x) − f(x′)|; an output that moves less than OUTPUT_FLOOR along the path
-        # is held to OUTPUT_FLOOR × tolerance instead (float32 noise would never let it certify).
-        scale = {d: (f_end[d] - f_start[d]).abs().clamp_min(OUTPUT_FLOOR) for d in docs}
+        scale = {d: (f_end[d] - f_start[d]).abs().clamp_min(cfg["output_floor"]) for d in docs}
         stats = [{"n_steps": 0, "n_probes": len(probe) - 2, "converged": False} for _ in range(n)]
         pending = [(d, s) for d in docs for s in segments[d]]
         while pending:
@@ -249,32 +253,32 @@ class IntegratedGradients(AttributionComponent):
         return [(float(grid[i]), float(grid[k]), i, k) for i, k in zip(cuts[:-1], cuts[1:])]
 
 
-IG_CONFIG: Dict[str, Any] = {**DEFAULT_CONFIG, "n_steps": 50, "method": "gausslegendre", "baseline": "pad",
-                             "tolerance": 0.01, "max_steps": 512,
+IG_CONFIG: Dict[str, Any] = {**DEFAULT_CONFIG, "n_steps": "auto", "quadrature": "gausslegendre", "baseline": "pad",
+                             "tolerance": 0.01, "output_floor": 0.1, "max_steps": 256,
                              "probe_steps": 16, "initial_segments": 4}
 
 
-@Language.factory("attr_integrated_gradients", default_config=IG_CONFIG)
-def make_integrated_gradients(nlp: Language, name: str, target: Optional[str], labels: LabelsSetting,
-                              output: str, aggregation: str, attribute_at: Union[str, int], batch_size: int,
-                              internal_batch_size: int, dtype: str, key: Optional[str],
-                              n_steps: Union[int, str], method: str, baseline: str, tolerance: float, max_steps: int,
+@Language.factory("attr_integrated_gradients", default_config=IG_CONFIG, assigns=ASSIGNS)
+def make_integrated_gradients(nlp: Language, name: str, head: Optional[str], labels: Labels, output: Output,
+                              aggregation: Aggregation, attribute_at: Site, batch_size: int,
+                              internal_batch_size: int, dtype: DType, key: Optional[str],
+                              n_steps: Union[Literal["auto"], StrictInt], quadrature: Quadrature,
+                              baseline: Baseline, tolerance: float, output_floor: float, max_steps: int,
                               probe_steps: int, initial_segments: int) -> IntegratedGradients:
-    """Integrated gradients from a `baseline` (pad, mask, unk, zero) over `n_steps` quadrature points
-    (`method`), or with ``n_steps = "auto"`` over points placed until the relative completeness gap is
-    certified within `tolerance`, using at most `max_steps` gradient evaluations per doc."""
+    """Integrated gradients from a `baseline` (pad, mask, unk, zero). ``n_steps = "auto"`` (default) places
+    points until the relative completeness gap is within `tolerance` (absolute `tolerance` × `output_floor`
+    where the output moves less than `output_floor`), using at most `max_steps` gradient evaluations per
+    doc; a number of steps uses that many points of the `quadrature` rule."""
     if n_steps == "auto":
-        if not 0 < tolerance < 1 or probe_steps < 2 or not 1 <= initial_segments <= max_steps // SEGMENT_NODES:
-            raise ValueError(f"auto steps need 0 < tolerance < 1, probe_steps >= 2 and 1 <= initial_segments "
-                             f"<= max_steps / {SEGMENT_NODES}")
-    elif isinstance(n_steps, int) and not isinstance(n_steps, bool):
-        quadrature(n_steps, method)
+        if not 0 < tolerance < 1 or output_floor <= 0 or probe_steps < 2 \
+                or not 1 <= initial_segments <= max_steps // SEGMENT_NODES:
+            raise ValueError(f"auto steps need 0 < tolerance < 1, output_floor > 0, probe_steps >= 2 and "
+                             f"1 <= initial_segments <= max_steps / {SEGMENT_NODES}")
     else:
-        raise ValueError(f"n_steps must be a number of steps or 'auto', got {n_steps!r}")
-    check_choice("baseline", baseline, BASELINES)
-    return IntegratedGradients(nlp, name, target=target, labels=labels, output=output,
+        quadrature_points(n_steps, quadrature)
+    return IntegratedGradients(nlp, name, head=head, labels=labels, output=output,
                                aggregation=aggregation, attribute_at=attribute_at, batch_size=batch_size,
-                               dtype=dtype, key=key, n_steps=n_steps, method=method, baseline=baseline,
+                               dtype=dtype, key=key, n_steps=n_steps, quadrature=quadrature, baseline=baseline,
                                internal_batch_size=internal_batch_size, tolerance=tolerance,
-                               max_steps=max_steps, probe_steps=probe_steps,
+                               output_floor=output_floor, max_steps=max_steps, probe_steps=probe_steps,
                                initial_segments=initial_segments)

@@ -5,7 +5,7 @@ import pytest
 import spacy
 import torch
 
-from spacy_attrib.differentiable import DifferentiableView
+from spacy_attrib.view import DifferentiableView
 
 from conftest import LISTENER, explain, weights_snapshot
 
@@ -198,3 +198,58 @@ def test_bfloat16_stays_close_to_float32(textcat_nlp, factory):
 def test_bad_dtype(textcat_nlp):
     with pytest.raises(ValueError, match="dtype must be one of"):
         DifferentiableView(textcat_nlp, dtype="float16")
+
+
+@pytest.mark.parametrize("grad_factor", [0.5, 0.0])
+def test_listener_grad_factor_does_not_touch_attributions(textcat_dir, grad_factor):
+    """`grad_factor` scales the gradient a listener hands the transformer in training (0 freezes it for
+    that head); attributions must be those of the function, whatever it is, and it is restored after."""
+    reference = spacy.load(textcat_dir)
+    scaled = spacy.load(textcat_dir)
+    nodes = [node for node in scaled.get_pipe("textcat").model.walk() if "grad_factor" in node.attrs]
+    assert nodes
+    for node in nodes:
+        node.attrs["grad_factor"] = grad_factor
+    text = "the plot was dull and slow ."
+    for factory in METHODS:
+        key = factory[len("attr_"):]
+        _, (expected,) = explain(reference, factory, [text], **SMALL.get(factory, {}))
+        _, (got,) = explain(scaled, factory, [text], **SMALL.get(factory, {}))
+        (label, a), = expected._.attributions[key].items()
+        numpy.testing.assert_allclose(got._.attributions[key][label].wordpiece_scores, a.wordpiece_scores, atol=1e-6)
+        if factory == "attr_integrated_gradients":
+            assert got._.attributions[key][label].extras["relative_delta"] < 0.01
+    assert all(node.attrs["grad_factor"] == grad_factor for node in nodes)
+
+
+FORK_PROBE = """
+import os, sys
+import spacy, torch
+import spacy_attrib
+torch.set_num_threads(2)
+
+def threads_in_child():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, str(torch.get_num_threads()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return int(os.read(read, 8))
+
+spacy.blank("en")  # imports every factory entry point, spacy_attrib's included
+before = threads_in_child()
+spacy_attrib.DifferentiableView(spacy.load(sys.argv[1]))
+print(before, threads_in_child())
+"""
+
+
+def test_fork_guard_is_registered_by_the_first_view_not_on_import(textcat_dir):
+    """Importing the package leaves forked children's torch threads alone; once a view exists, children
+    forked by `nlp.pipe(n_process=…)` use one thread (a child using the parent's OpenMP pool hangs)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", FORK_PROBE, str(textcat_dir)], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split() == ["2", "1"]

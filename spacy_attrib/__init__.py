@@ -8,11 +8,13 @@ Factories are registered through the ``spacy_factories`` entry point, so ``spacy
 saved pipeline without an import.
 """
 
-from .attribution import Attribution, install_extensions
-from .view import DifferentiableView
+from .attribution import Attribution, Segment, install_extensions, iter_attributions
+from .pairs import make_pair, pair_segments
 from .targets import Target
+from .view import DifferentiableView
 
 __version__ = "0.1.0"
-__all__ = ["Attribution", "DifferentiableView", "Target", "install_extensions"]
+__all__ = ["Attribution", "DifferentiableView", "Segment", "Target", "install_extensions", "iter_attributions", "make_pair",
+           "pair_segments"]
 
 install_extensions()

@@ -8,12 +8,23 @@ from them: ``{method key: {target label: Attribution}}``.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy
 from spacy.tokens import Doc, Span, Token
 
 USER_DATA_KEY = "spacy_attrib"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One side of a sentence pair (or its separator): token range, token texts and their scores."""
+
+    name: str
+    start: int
+    end: int
+    tokens: Tuple[str, ...]
+    scores: numpy.ndarray
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,8 @@ class Attribution:
     span: (start, end) token offsets of the span the target belongs to (ner entities, spancat spans);
         None otherwise.
     extras: method-specific values, e.g. ``delta`` (completeness gap) for integrated gradients.
+    segments: for a sentence pair (`spacy_attrib.make_pair`), ``a``, ``separator`` and ``b``, in order;
+        they partition the tokens, so their scores add up to ``scores.sum()``. Empty otherwise.
     """
 
     method: str
@@ -44,6 +57,7 @@ class Attribution:
     token: Optional[int] = None
     span: Optional[Tuple[int, int]] = None
     extras: Dict[str, Any] = field(default_factory=dict)
+    segments: Dict[str, Segment] = field(default_factory=dict)
 
     @property
     def delta(self) -> Optional[float]:
@@ -59,19 +73,30 @@ class Attribution:
             "wordpiece_scores": numpy.asarray(self.wordpiece_scores, dtype="float32"),
             "alignment": [list(map(int, a)) for a in self.alignment],
             "output": float(self.output), "extras": dict(self.extras),
+            "segments": [{"name": s.name, "start": s.start, "end": s.end, "tokens": list(s.tokens)}
+                         for s in self.segments.values()],
         }
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Attribution":
+        scores = numpy.asarray(data["scores"], dtype="float32")
         return cls(
             method=data["method"], label=data["label"], token=data.get("token"),
             span=None if data.get("span") is None else (int(data["span"][0]), int(data["span"][1])),
-            scores=numpy.asarray(data["scores"], dtype="float32"),
+            scores=scores,
             wordpieces=list(data["wordpieces"]),
             wordpiece_scores=numpy.asarray(data["wordpiece_scores"], dtype="float32"),
             alignment=[list(a) for a in data["alignment"]],
             output=float(data["output"]), extras=dict(data.get("extras", {})),
+            segments=segments_of(scores, [(s["name"], s["start"], s["end"], s["tokens"])
+                                          for s in data.get("segments", [])]),
         )
+
+
+def segments_of(scores: numpy.ndarray, ranges: List[Tuple[str, int, int, List[str]]]) -> Dict[str, Segment]:
+    """Segments (name, start, end, token texts) with their slices of the token scores."""
+    return {name: Segment(name, int(start), int(end), tuple(tokens), scores[start:end])
+            for name, start, end, tokens in ranges}
 
 
 def _store(doc: Doc) -> Dict[str, Any]:
@@ -120,6 +145,17 @@ def get_span_attributions(span: Span) -> Dict[str, Dict[str, Attribution]]:
     label, so spancat spans that share an extent share a dict."""
     spans = span.doc.user_data.get(USER_DATA_KEY, {}).get("spans", {})
     return _build(spans.get(_span_key(span.start, span.end), {}))
+
+
+def iter_attributions(doc: Doc) -> Iterator[Attribution]:
+    """Every result stored on `doc`: the doc's own, then each token's, then each span's."""
+    store = doc.user_data.get(USER_DATA_KEY, {})
+    for part in ("doc", "tokens", "spans"):
+        by_anchor = {"": store.get("doc", {})} if part == "doc" else store.get(part, {})
+        for by_method in by_anchor.values():
+            for by_label in by_method.values():
+                for data in by_label.values():
+                    yield Attribution.from_dict(data)
 
 
 def install_extensions() -> None:

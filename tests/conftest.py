@@ -1,9 +1,10 @@
 """Shared fixtures: a tiny random BERT saved with `transformers`, loaded through spacy-transformers
-exactly like a real model, with a textcat, a multilabel textcat and a tagger trained a few steps."""
+exactly like a real model, with a textcat, a multilabel textcat, a tagger, a spancat and ner (on a
+planted-trigger task) trained a few steps."""
 
 import random
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 import spacy
@@ -35,12 +36,12 @@ def tag_of(word: str) -> str:
     return TAGS.get(word, "X")
 
 
-def make_tiny_bert(path: Path, seed: int = 0) -> Path:
-    """Save a 2-layer random BERT and its WordPiece tokenizer under `path`."""
+def make_tiny_bert(path: Path, seed: int = 0, words: Sequence[str] = tuple(WORDS)) -> Path:
+    """Save a 2-layer random BERT and its WordPiece tokenizer for `words` under `path`."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
-    vocab = SPECIAL + WORDS + SUBWORDS
+    vocab = SPECIAL + list(words) + SUBWORDS
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf8")
     tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
     tokenizer.save_pretrained(str(path))
@@ -83,6 +84,11 @@ LISTENER = {"@architectures": "spacy-transformers.TransformerListener.v1", "grad
 def head_config(head: str) -> Dict:
     if head == "tagger":
         return {"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": LISTENER}}
+    if head == "spancat":
+        return {"model": {"@architectures": "spacy.SpanCategorizer.v1", "tok2vec": LISTENER,
+                          "reducer": {"@layers": "spacy.mean_max_reducer.v1", "hidden_size": 16},
+                          "scorer": {"@layers": "spacy.LinearLogistic.v1"}},
+                "suggester": {"@misc": "spacy.ngram_suggester.v1", "sizes": [1, 2]}}
     return {"model": {"@architectures": "spacy.TextCatReduce.v1",
                       "exclusive_classes": head == "textcat",
                       "use_reduce_first": False, "use_reduce_last": False,
@@ -101,6 +107,8 @@ def build_pipeline(model_path: Path, head: str, n_epochs: int = 8, seed: int = 0
         doc = nlp.make_doc(text)
         if head == "tagger":
             annotation = {"tags": [tag_of(t.text) for t in doc]}
+        elif head == "spancat":
+            annotation = {"spans": {"sc": spans_of(doc)}}
         elif head == "textcat":
             annotation = {"cats": {"POS": float(label == "POS"), "NEG": float(label == "NEG")}}
         else:
@@ -115,6 +123,99 @@ def build_pipeline(model_path: Path, head: str, n_epochs: int = 8, seed: int = 0
         for start in range(0, len(examples), 8):
             nlp.update(examples[start:start + 8], sgd=optimizer, drop=0.1)
     return nlp
+
+
+def spans_of(doc) -> List[Tuple[int, int, str]]:
+    """spancat's toy annotation (character offsets): each adjective is SENTIMENT, each noun THING, and an
+    intensified adjective ("very good") is also INTENSE, so spans overlap."""
+    spans = []
+    for token in doc:
+        kind = {"ADJ": "SENTIMENT", "NOUN": "THING"}.get(tag_of(token.text))
+        if kind:
+            spans.append((token.idx, token.idx + len(token), kind))
+        if kind == "SENTIMENT" and token.i and doc[token.i - 1].text in ("very", "really", "quite"):
+            spans.append((doc[token.i - 1].idx, token.idx + len(token), "INTENSE"))
+    return spans
+
+
+# The planted-trigger NER task: a name (one or two words) is an entity only where a trigger word stands
+# elsewhere in the sentence, and the trigger decides its label; without a trigger it is no entity.
+FILLERS = "we saw met the a at and then today there here was with".split()
+NAMES = "alex sam kim lee max jo".split()
+TRIGGERS = {"person": "PER", "company": "ORG", "city": "LOC"}
+NER_WORDS = FILLERS + NAMES + sorted(TRIGGERS)
+
+
+def trigger_sentence(rng: random.Random, with_trigger: Optional[bool] = None) -> Tuple[List[str], List[str], int]:
+    """Words, their BILUO tags, and the index of the trigger word (-1 without one)."""
+    n = rng.randint(6, 9)
+    words = [rng.choice(FILLERS) for _ in range(n)]
+    length = rng.choice([1, 1, 2])
+    start = rng.randrange(n - length + 1)
+    trigger_at = rng.choice([i for i in range(n) if i < start - 1 or i > start + length])
+    has_trigger = rng.random() < 0.75 if with_trigger is None else with_trigger
+    tags = ["O"] * n
+    for i in range(start, start + length):
+        words[i] = rng.choice(NAMES)
+    if not has_trigger:
+        return words, tags, -1
+    trigger = rng.choice(sorted(TRIGGERS))
+    words[trigger_at] = trigger
+    label = TRIGGERS[trigger]
+    if length == 1:
+        tags[start] = f"U-{label}"
+    else:
+        tags[start], tags[start + 1] = f"B-{label}", f"L-{label}"
+    return words, tags, trigger_at
+
+
+def ner_config(use_upper: bool) -> Dict:
+    return {"model": {"@architectures": "spacy.TransitionBasedParser.v2", "state_type": "ner",
+                      "extra_state_tokens": False, "hidden_width": 32, "maxout_pieces": 2,
+                      "use_upper": use_upper, "tok2vec": LISTENER}}
+
+
+def build_ner(model_path: Path, use_upper: bool, n_epochs: int = 15, n_examples: int = 400, seed: int = 0) -> Language:
+    """transformer + ner trained on the planted-trigger task."""
+    from spacy.tokens import Doc
+
+    spacy.util.fix_random_seed(seed)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config=transformer_config(model_path))
+    nlp.add_pipe("ner", config=ner_config(use_upper))
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(n_examples):
+        words, tags, _ = trigger_sentence(rng)
+        examples.append(Example.from_dict(Doc(nlp.vocab, words=words), {"entities": tags}))
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 3e-3
+    for _ in range(n_epochs):
+        rng.shuffle(examples)
+        for start in range(0, len(examples), 8):
+            nlp.update(examples[start:start + 8], sgd=optimizer, drop=0.1)
+    return nlp
+
+
+@pytest.fixture(scope="session")
+def ner_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("ner_bert"), words=NER_WORDS)
+
+
+@pytest.fixture(scope="session")
+def ner_nlp(ner_bert) -> Language:
+    """The quickstart's NER model shape (no upper layer)."""
+    return build_ner(ner_bert, use_upper=False)
+
+
+@pytest.fixture(scope="session")
+def ner_upper_nlp(ner_bert) -> Language:
+    return build_ner(ner_bert, use_upper=True, n_epochs=25)
+
+
+@pytest.fixture(scope="session")
+def spancat_nlp(tiny_bert) -> Language:
+    return build_pipeline(tiny_bert, "spancat", n_epochs=30)
 
 
 @pytest.fixture(scope="session")
@@ -199,3 +300,26 @@ def saturated_nlp(textcat_dir) -> Language:
     softmax.set_param("W", softmax.get_param("W") * 100)
     softmax.set_param("b", softmax.get_param("b") * 100)
     return nlp
+
+
+def quickstart_config(pipe: str, optimize: str, model_path: Path, train_path: Path, steps: int):
+    """`spacy init config -p PIPE -G -o OPTIMIZE`, its transformer swapped for `model_path`, for `steps`
+    training steps at a learning rate a tiny model learns at."""
+    from spacy.cli.init_config import init_config
+
+    config = init_config(lang="en", pipeline=[pipe], optimize=optimize, gpu=True)
+    config["components"]["transformer"]["model"]["name"] = str(model_path)
+    config["training"].update({"max_steps": steps, "eval_frequency": steps, "accumulate_gradient": 1})
+    config["training"]["optimizer"]["learn_rate"] = 3e-3
+    config["paths"].update({"train": str(train_path), "dev": str(train_path)})
+    return config
+
+
+def spacy_train(config, output: Path) -> Language:
+    """Train with `spacy train` (the CLI's function) and load the last model."""
+    from spacy.cli.train import train
+
+    output.mkdir(parents=True, exist_ok=True)
+    config.to_disk(output / "config.cfg")
+    train(output / "config.cfg", output / "trained")
+    return spacy.load(output / "trained" / "model-last")

@@ -64,6 +64,17 @@ def test_multilabel_predicted_labels(multilabel_nlp, texts):
         assert set(doc._.attributions["saliency"]) == predicted
 
 
+@pytest.mark.parametrize("factory", ["attr_saliency", "attr_integrated_gradients"])
+def test_multilabel_all_labels_in_one_pass_equal_per_label_runs(multilabel_nlp, texts, factory):
+    key = factory[len("attr_"):]
+    _, every = explain(multilabel_nlp, factory, texts[:4], labels="all")
+    for label in multilabel_nlp.get_pipe("textcat_multilabel").labels:
+        _, alone = explain(multilabel_nlp, factory, texts[:4], labels=[label])
+        for doc, doc_alone in zip(every, alone):
+            numpy.testing.assert_allclose(doc._.attributions[key][label].wordpiece_scores,
+                                          doc_alone._.attributions[key][label].wordpiece_scores, atol=1e-5)
+
+
 def test_tagger_all_labels(tagger_nlp):
     component, (doc,) = explain(tagger_nlp, "attr_gradient_x_input", ["it was fun"], labels="all")
     for token in doc:

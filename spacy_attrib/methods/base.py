@@ -20,7 +20,8 @@ from spacy.tokens import Doc
 from spacy.util import ensure_path, minibatch
 
 from ..align import aggregate
-from ..attribution import Attribution, install_extensions, mark_explained, set_attribution
+from ..attribution import Attribution, install_extensions, mark_explained, segments_of, set_attribution
+from ..pairs import pair_segments
 from ..targets import LabelsSetting, Target, slot_count, slot_values
 from ..view import SUPPORTED_HEADS, DifferentiableView, EncodedBatch, ViewOutput
 from ..view.heads import head_kind
@@ -168,14 +169,17 @@ class AttributionComponent(Pipe):
 
     def _to_attributions(self, batch: EncodedBatch, d: int, maps: List[WordpieceMap]) -> List[Attribution]:
         layout = batch.layout(d)
+        doc = batch.docs[d]
+        segments = [(name, start, end, [t.text for t in doc[start:end]]) for name, start, end in pair_segments(doc)]
         attributions = []
         for m in maps:
             wordpiece_scores = m.scores.reshape(-1)[layout.positions].astype("float32")
+            scores = aggregate(wordpiece_scores, layout.alignment, self.cfg["aggregation"])
             attributions.append(Attribution(
                 method=self.key, label=m.target.label, token=m.target.token, span=m.target.span,
-                scores=aggregate(wordpiece_scores, layout.alignment, self.cfg["aggregation"]),
-                wordpieces=layout.strings, wordpiece_scores=wordpiece_scores,
-                alignment=layout.alignment, output=m.output, extras=m.extras))
+                scores=scores, wordpieces=layout.strings, wordpiece_scores=wordpiece_scores,
+                alignment=layout.alignment, output=m.output, extras=m.extras,
+                segments=segments_of(scores, segments)))
         return attributions
 
     # -- serialization: the settings are the whole state of a post-hoc method ------------------------

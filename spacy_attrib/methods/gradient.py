@@ -78,7 +78,7 @@ class SmoothGrad(AttributionComponent):
             n_slots = max((len(t) for t in targets), default=0)
             total = [torch.zeros_like(inputs) for _ in range(n_slots)]
             total_sq = [torch.zeros_like(inputs) for _ in range(n_slots)]
-            samples = [d for d in range(len(batch.docs)) for _ in range(n_samples)]
+            samples = [d for d in range(len(batch.docs)) if targets[d] for _ in range(n_samples)]
             for chunk in instance_chunks(batch, samples, cfg["internal_batch_size"]):
                 noise = torch.cat([self.noise(batch, inputs, d, generators[d]) for d in chunk.doc_index])
                 noisy = (inputs[chunk.rows] + noise).requires_grad_(True)

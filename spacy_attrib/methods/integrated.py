@@ -160,7 +160,7 @@ class IntegratedGradients(AttributionComponent):
     def uniform(self, path: StraightPath) -> List[Optional[torch.Tensor]]:
         """`n_steps` quadrature points over [0, 1] for every doc, summed per doc."""
         alphas, weights = quadrature_points(self.cfg["n_steps"], self.cfg["quadrature"])
-        docs = [d for d in range(len(path.batch.docs)) if path.batch.rows[d]]
+        docs = [d for d in range(len(path.batch.docs)) if path.batch.rows[d] and path.targets[d]]
         points = [(d, float(a), float(w)) for d in docs for a, w in zip(alphas, weights)]
         maps: List[Optional[torch.Tensor]] = [None] * len(path.batch.docs)
         for (d, _, _), point_map in zip(points, path.gradient_maps(points)):
@@ -186,8 +186,11 @@ class IntegratedGradients(AttributionComponent):
         cfg, batch = self.cfg, path.batch
         nodes, node_weights = quadrature_points(SEGMENT_NODES, "gausslegendre")
         probe = numpy.linspace(0.0, 1.0, cfg["probe_steps"] + 1)
-        docs = [d for d in range(len(batch.docs)) if batch.rows[d]]
+        docs = [d for d in range(len(batch.docs)) if batch.rows[d] and path.targets[d]]
         n = len(batch.docs)
+        stats = [{"n_steps": 0, "n_probes": len(probe) - 2, "converged": False} for _ in range(n)]
+        if not docs:
+            return [None] * n, stats
         f_start = [self._slot_outputs(path, baseline_output, d) for d in range(n)]
         f_end = [self._slot_outputs(path, output, d) for d in range(n)]
         interior = path.outputs([(d, float(a)) for d in docs for a in probe[1:-1]]).view(len(docs), -1, path.n_slots)
@@ -197,7 +200,6 @@ class IntegratedGradients(AttributionComponent):
             segments[d] = [Segment(a, b, f_grid[i], f_grid[k]) for a, b, i, k in
                            self._initial_cuts(probe, f_grid, cfg["initial_segments"])]
         scale = {d: (f_end[d] - f_start[d]).abs().clamp_min(cfg["output_floor"]) for d in docs}
-        stats = [{"n_steps": 0, "n_probes": len(probe) - 2, "converged": False} for _ in range(n)]
         pending = [(d, s) for d in docs for s in segments[d]]
         while pending:
             points = [(d, s.a + (s.b - s.a) * float(t), (s.b - s.a) * float(w))

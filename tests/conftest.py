@@ -84,10 +84,11 @@ LISTENER = {"@architectures": "spacy-transformers.TransformerListener.v1", "grad
 def head_config(head: str) -> Dict:
     if head == "tagger":
         return {"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": LISTENER}}
-    if head == "spancat":
+    if head.startswith("spancat"):
+        scorer = {"@layers": "Softmax.v2"} if head == "spancat_singlelabel" else {"@layers": "spacy.LinearLogistic.v1"}
         return {"model": {"@architectures": "spacy.SpanCategorizer.v1", "tok2vec": LISTENER,
                           "reducer": {"@layers": "spacy.mean_max_reducer.v1", "hidden_size": 16},
-                          "scorer": {"@layers": "spacy.LinearLogistic.v1"}},
+                          "scorer": scorer},
                 "suggester": {"@misc": "spacy.ngram_suggester.v1", "sizes": [1, 2]}}
     return {"model": {"@architectures": "spacy.TextCatReduce.v1",
                       "exclusive_classes": head == "textcat",
@@ -107,7 +108,7 @@ def build_pipeline(model_path: Path, head: str, n_epochs: int = 8, seed: int = 0
         doc = nlp.make_doc(text)
         if head == "tagger":
             annotation = {"tags": [tag_of(t.text) for t in doc]}
-        elif head == "spancat":
+        elif head.startswith("spancat"):
             annotation = {"spans": {"sc": spans_of(doc)}}
         elif head == "textcat":
             annotation = {"cats": {"POS": float(label == "POS"), "NEG": float(label == "NEG")}}
@@ -216,6 +217,12 @@ def ner_upper_nlp(ner_bert) -> Language:
 @pytest.fixture(scope="session")
 def spancat_nlp(tiny_bert) -> Language:
     return build_pipeline(tiny_bert, "spancat", n_epochs=30)
+
+
+@pytest.fixture(scope="session")
+def spancat_singlelabel_nlp(tiny_bert) -> Language:
+    """spancat_singlelabel: a Softmax over the labels and a learned negative label."""
+    return build_pipeline(tiny_bert, "spancat_singlelabel", n_epochs=30)
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,15 @@ def span_results(docs, key):
             for label, attribution in span._.attributions.get(key, {}).items()}
 
 
-def test_targets_and_scores_are_the_components_own(spancat_nlp):
-    docs = list(spancat_nlp.pipe(TEXTS))
-    view = DifferentiableView(spancat_nlp, output="prob")
+@pytest.fixture(params=["spancat_nlp", "spancat_singlelabel_nlp"])
+def any_spancat(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_targets_and_scores_are_the_components_own(any_spancat):
+    docs = list(any_spancat.pipe(TEXTS))
+    view = DifferentiableView(any_spancat, output="prob")
+    assert view.exclusive == (any_spancat.pipe_names[1] == "spancat_singlelabel")
     batch = view.encode(docs)
     with view.frozen(), torch.no_grad():
         output = view.forward(batch)
@@ -30,7 +36,7 @@ def test_targets_and_scores_are_the_components_own(spancat_nlp):
         group = doc.spans["sc"]
         assert [(t.span, t.label) for t in targets[d]] == [((s.start, s.end), s.label_) for s in group]
         got = [float(output.scores[d, t.position, t.label_index]) for t in targets[d]]
-        numpy.testing.assert_allclose(got, group.attrs["scores"], atol=1e-5)
+        numpy.testing.assert_allclose(got, numpy.ravel(group.attrs["scores"]), atol=1e-5)
     assert sum(len(doc.spans["sc"]) for doc in docs) >= 8
 
 
@@ -65,7 +71,8 @@ def test_span_gradient_x_input_matches_captum(spancat_nlp):
     component, (doc,) = explain(spancat_nlp, "attr_gradient_x_input", ["that actor was awful but the story was great ."])
     view = component.view
     batch = view.encode([doc])
-    targets = {(t.span, t.label): t for t in view.targets(batch, view.forward(batch), "predicted")[0]}
+    with view.frozen(), torch.no_grad():
+        targets = {(t.span, t.label): t for t in view.targets(batch, view.forward(batch), "predicted")[0]}
     for span in doc.spans["sc"]:
         target = targets[(span.start, span.end), span.label_]
 

@@ -252,3 +252,26 @@ def test_fork_guard_is_registered_by_the_first_view_not_on_import(textcat_dir):
     result = subprocess.run([sys.executable, "-c", FORK_PROBE, str(textcat_dir)], capture_output=True, text=True,
                             check=True)
     assert result.stdout.split() == ["2", "1"]
+
+
+def test_forward_and_backward_outside_frozen_see_the_same_function(textcat_dir):
+    """forward() freezes the model itself, and a checkpointed chunk recomputed by a backward pass after it
+    does too: the same gradient as inside frozen(), no gradient on any parameter, train mode restored."""
+    nlp = spacy.load(textcat_dir)
+    hf = nlp.get_pipe("transformer").model.transformer
+    hf.train()  # as spacy-transformers leaves it after each prediction
+    view = DifferentiableView(nlp)
+    batch = view.encode([nlp.make_doc("the plot was dull and slow .")])
+    inputs = view.capture(batch).repeat(3, 1, 1)
+
+    def gradient(chunked: bool) -> torch.Tensor:
+        leaf = inputs.clone().requires_grad_(True)
+        output = view.forward(batch, leaf, doc_index=[0, 0, 0], max_rows=1 if chunked else None)
+        return torch.autograd.grad(output.scores[:, 0, 0].sum(), leaf)[0]
+
+    with view.frozen():
+        expected = gradient(chunked=False)
+    for chunked in (False, True):
+        torch.testing.assert_close(gradient(chunked), expected)
+    assert hf.training
+    assert all(p.grad is None for p in hf.parameters())

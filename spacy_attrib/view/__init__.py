@@ -181,13 +181,16 @@ class DifferentiableView:
         max_rows: run the transformer at most this many rows at a time. Past it, rows run in chunks under
             activation checkpointing: the backward pass recomputes one chunk at a time (rows are
             independent, so this is exact), which bounds memory whatever the length of a doc.
-        Call inside `frozen()`.
+        The pass runs inside `frozen()` (nested in the caller's own, it changes nothing): what that sets
+        (eval mode, no dropout, grad_factor 1) is read during the forward pass, so a backward pass after it
+        sees the same function.
         """
         doc_index = list(range(len(batch.docs))) if doc_index is None else list(doc_index)
         rows = batch.row_index(doc_index)
         ids = batch.input_ids[rows] if input_ids is None else input_ids
-        inputs, hidden = self.run.run(batch, rows, ids, inputs, max_rows)
-        logits = HeadFunction.apply(hidden, self.head, batch, doc_index)
+        with self.frozen():
+            inputs, hidden = self.run.run(batch, rows, ids, inputs, max_rows)
+            logits = HeadFunction.apply(hidden, self.head, batch, doc_index)
         return ViewOutput(self.head.scores(logits, batch, doc_index, self.output), logits, inputs, doc_index)
 
 

@@ -35,30 +35,45 @@ def register_fork_guard() -> None:
 
 @contextmanager
 def frozen(hf_model: torch.nn.Module, head_model: Model) -> Iterator[None]:
-    """Eval mode, parameters out of autograd, head dropout off and listener `grad_factor` 1; all restored.
+    """The transformer and the head frozen (`transformer_frozen`, `head_frozen`); all restored."""
+    with transformer_frozen(hf_model), head_frozen(head_model):
+        yield
+
+
+@contextmanager
+def transformer_frozen(hf_model: torch.nn.Module) -> Iterator[None]:
+    """The Hugging Face module in eval mode (no dropout) with its parameters out of autograd."""
+    was_training = hf_model.training
+    requires_grad = [(p, p.requires_grad) for p in hf_model.parameters()]
+    try:
+        hf_model.eval()
+        for param, _ in requires_grad:
+            param.requires_grad_(False)
+        yield
+    finally:
+        hf_model.train(was_training)
+        for param, flag in requires_grad:
+            param.requires_grad_(flag)
+
+
+@contextmanager
+def head_frozen(head_model: Model) -> Iterator[None]:
+    """The head's dropout off and its listeners' `grad_factor` 1.
 
     `grad_factor` is a training setting of spacy-transformers' listener (its gradient is multiplied by it
     before it reaches the transformer; 0 freezes the transformer for that head): left in place it would
     scale every attribution by it, silently.
     """
-    was_training = hf_model.training
-    requires_grad = [(p, p.requires_grad) for p in hf_model.parameters()]
     nodes = list(head_model.walk())
     dropout = [(node, node.attrs["dropout_rate"]) for node in nodes if "dropout_rate" in node.attrs]
     grad_factors = [(node, node.attrs["grad_factor"]) for node in nodes if "grad_factor" in node.attrs]
     try:
-        hf_model.eval()
-        for param, _ in requires_grad:
-            param.requires_grad_(False)
         for node, _ in dropout:
             node.attrs["dropout_rate"] = 0.0
         for node, _ in grad_factors:
             node.attrs["grad_factor"] = 1.0
         yield
     finally:
-        hf_model.train(was_training)
-        for param, flag in requires_grad:
-            param.requires_grad_(flag)
         for node, rate in dropout:
             node.attrs["dropout_rate"] = rate
         for node, factor in grad_factors:

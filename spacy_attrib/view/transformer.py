@@ -18,6 +18,7 @@ import torch
 import torch.utils.checkpoint
 
 from .encoding import EncodedBatch
+from .guards import transformer_frozen
 
 AttributionSite = Union[str, int]
 
@@ -125,7 +126,10 @@ class TransformerRun:
     def _run_rows(self, hf_inputs: Dict[str, torch.Tensor], inputs: torch.Tensor, checkpointed: bool) -> torch.Tensor:
         if checkpointed:
             return torch.utils.checkpoint.checkpoint(self._run_rows, hf_inputs, inputs, False, use_reentrant=False)
-        return self._run_capturing(hf_inputs, inputs, inputs.shape[1])[1]
+        # The backward pass recomputes a checkpointed chunk, maybe after the caller's frozen() has ended:
+        # the recomputation must see the module as the forward pass did.
+        with transformer_frozen(self.hf_model):
+            return self._run_capturing(hf_inputs, inputs, inputs.shape[1])[1]
 
 
 def pad_width(values: torch.Tensor, width: int) -> torch.Tensor:

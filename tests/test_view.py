@@ -236,21 +236,23 @@ def threads_in_child():
     os.waitpid(pid, 0)
     return int(os.read(read, 8))
 
-spacy.blank("en")  # imports every factory entry point, spacy_attrib's included
+nlp = spacy.load(sys.argv[1])  # spacy.load and spacy.blank import every factory entry point
 before = threads_in_child()
-spacy_attrib.DifferentiableView(spacy.load(sys.argv[1]))
+nlp.add_pipe(sys.argv[2]) if sys.argv[2].startswith("attr_") else spacy_attrib.DifferentiableView(nlp)
 print(before, threads_in_child())
 """
 
 
-def test_fork_guard_is_registered_by_the_first_view_not_on_import(textcat_dir):
-    """Importing the package leaves forked children's torch threads alone; once a view exists, children
-    forked by `nlp.pipe(n_process=…)` use one thread (a child using the parent's OpenMP pool hangs)."""
+@pytest.mark.parametrize("first", ["attr_saliency", "view"])
+def test_fork_guard_is_registered_by_the_first_component_or_view_not_on_import(textcat_dir, first):
+    """Importing the package leaves forked children's torch threads alone; once an attribution component
+    or a view exists, children forked by `nlp.pipe(n_process=…)` use one thread (a child using the
+    parent's OpenMP pool hangs)."""
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", FORK_PROBE, str(textcat_dir)], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run([sys.executable, "-c", FORK_PROBE, str(textcat_dir), first], capture_output=True,
+                            text=True, check=True)
     assert result.stdout.split() == ["2", "1"]
 
 

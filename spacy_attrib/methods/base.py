@@ -24,6 +24,7 @@ from ..attribution import Attribution, install_extensions, mark_explained, segme
 from ..pairs import pair_segments
 from ..targets import LabelsSetting, Target, slot_count, slot_values
 from ..view import SUPPORTED_HEADS, DifferentiableView, EncodedBatch, ViewOutput
+from ..view.guards import register_fork_guard
 from ..view.heads import head_kind
 
 # Setting types of the factories: spaCy validates them when a component is created (`add_pipe`,
@@ -95,6 +96,8 @@ class AttributionComponent(Pipe):
                                         dtype=dtype, key=key, **settings)
         self._view: Optional[DifferentiableView] = None
         install_extensions()
+        # Before nlp.pipe(n_process=…) forks: the children build the view, too late to guard themselves.
+        register_fork_guard()
 
     @property
     def key(self) -> str:

@@ -24,8 +24,9 @@ def register_fork_guard() -> None:
 
     A child that uses torch's OpenMP pool, initialised in the parent, hangs (with or without attribution
     components); one thread per child is also what torch's DataLoader workers use. Registered when the
-    first view is built, not on import: spaCy imports every factory entry point on ``spacy.blank()``, and
-    a program that never explains anything must keep its forked workers as they were.
+    first attribution component or view is created, not on import: spaCy imports every factory entry
+    point on ``spacy.blank()``, and a program that never explains anything must keep its forked workers
+    as they were.
     """
     global _fork_guard_registered
     if not _fork_guard_registered:

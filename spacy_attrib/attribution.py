@@ -150,12 +150,11 @@ def get_span_attributions(span: Span) -> Dict[str, Dict[str, Attribution]]:
 def iter_attributions(doc: Doc) -> Iterator[Attribution]:
     """Every result stored on `doc`: the doc's own, then each token's, then each span's."""
     store = doc.user_data.get(USER_DATA_KEY, {})
-    for part in ("doc", "tokens", "spans"):
-        by_anchor = {"": store.get("doc", {})} if part == "doc" else store.get(part, {})
-        for by_method in by_anchor.values():
-            for by_label in by_method.values():
-                for data in by_label.values():
-                    yield Attribution.from_dict(data)
+    anchors = [store.get("doc", {}), *store.get("tokens", {}).values(), *store.get("spans", {}).values()]
+    for by_method in anchors:
+        for by_label in by_method.values():
+            for data in by_label.values():
+                yield Attribution.from_dict(data)
 
 
 def install_extensions() -> None:

@@ -23,9 +23,8 @@ from ..align import aggregate
 from ..attribution import Attribution, install_extensions, mark_explained, segments_of, set_attribution
 from ..pairs import pair_segments
 from ..targets import LabelsSetting, Target, slot_count, slot_values
-from ..view import SUPPORTED_HEADS, DifferentiableView, EncodedBatch, ViewOutput
+from ..view import DifferentiableView, EncodedBatch, ViewOutput, head_kind_of
 from ..view.guards import register_fork_guard
-from ..view.heads import head_kind
 
 # Setting types of the factories: spaCy validates them when a component is created (`add_pipe`,
 # `spacy.load`, a training config), so a bad value fails there, naming the setting, not on the first doc.
@@ -86,7 +85,8 @@ class AttributionComponent(Pipe):
             if value < 1:
                 raise ValueError(f"{setting} must be at least 1, got {value}")
         if head is not None:
-            check_head(nlp, head)
+            # Components are created in pipeline order, so a head is there before what explains it.
+            head_kind_of(nlp, head)
         self.nlp = nlp
         self.name = name
         self.cfg: Dict[str, Any] = dict(head=head, labels=labels if isinstance(labels, str) else list(labels),
@@ -205,17 +205,6 @@ class AttributionComponent(Pipe):
             self.cfg.update(srsly.read_json(path / "cfg"))
         self._view = None
         return self
-
-
-def check_head(nlp: Language, head: str) -> None:
-    """A named head must be in the pipeline (components are created in pipeline order, so it is there
-    before any component that explains it) and of a supported kind."""
-    if head not in nlp.pipe_names:
-        raise ValueError(f"No component named {head!r} in the pipeline {nlp.pipe_names}: `head` names the "
-                         "component to explain, added before the attribution component")
-    if head_kind(nlp.get_pipe(head)) is None:
-        raise ValueError(f"Component {head!r} ({type(nlp.get_pipe(head)).__name__}) is not a supported head kind; "
-                         f"supported: {', '.join(SUPPORTED_HEADS)}")
 
 
 def check_choice(setting: str, value: Any, choices: Sequence[Any]) -> None:

@@ -75,12 +75,13 @@ class SmoothGrad(AttributionComponent):
             # One generator per doc, seeded by the doc alone; samples are drawn in order, chunk by chunk,
             # so memory stays bounded by internal_batch_size and the noise does not depend on batching.
             generators = [self.noise_generator(batch.docs[d], inputs.device) for d in range(len(batch.docs))]
+            sigmas = [self.sigma(batch, inputs, d) for d in range(len(batch.docs))]
             n_slots = max((len(t) for t in targets), default=0)
             total = [torch.zeros_like(inputs) for _ in range(n_slots)]
             total_sq = [torch.zeros_like(inputs) for _ in range(n_slots)]
             samples = [d for d in range(len(batch.docs)) if targets[d] for _ in range(n_samples)]
             for chunk in instance_chunks(batch, samples, cfg["internal_batch_size"]):
-                noise = torch.cat([self.noise(batch, inputs, d, generators[d]) for d in chunk.doc_index])
+                noise = torch.cat([self.noise(batch, inputs, d, sigmas[d], generators[d]) for d in chunk.doc_index])
                 noisy = (inputs[chunk.rows] + noise).requires_grad_(True)
                 chunk_output = view.forward(batch, noisy, doc_index=chunk.doc_index,
                                             max_rows=cfg["internal_batch_size"])
@@ -93,7 +94,7 @@ class SmoothGrad(AttributionComponent):
             mean = mean_sum / n_samples
             values = sq_sum / n_samples - mean ** 2 if cfg["var"] else mean
             per_slot.append(reduce_hidden(values, cfg["reduction"]))
-        return self.maps(batch, targets, output, per_slot, lambda d, t: {"sigma": self.sigma(batch, inputs, d)})
+        return self.maps(batch, targets, output, per_slot, lambda d, t: {"sigma": sigmas[d]})
 
     def sigma(self, batch: EncodedBatch, inputs: torch.Tensor, d: int) -> float:
         """σ = noise_level × (max − min) of the doc's real (non-padding) inputs."""
@@ -108,14 +109,15 @@ class SmoothGrad(AttributionComponent):
     def noise_generator(self, doc: Doc, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.noise_seed(doc))
 
-    def noise(self, batch: EncodedBatch, inputs: torch.Tensor, d: int, generator: torch.Generator) -> torch.Tensor:
-        """The next sample of noise for doc `d`, (rows, T, hidden), drawn from the doc's generator.
+    def noise(self, batch: EncodedBatch, inputs: torch.Tensor, d: int, sigma: float,
+              generator: torch.Generator) -> torch.Tensor:
+        """The next sample of noise N(0, sigma²) for doc `d`, (rows, T, hidden), drawn from the doc's generator.
 
         It is drawn at the doc's own width and zero-padded to the batch's, so that it does not depend on
         the other docs of the batch (padding positions are masked out of attention anyway)."""
         start, n = batch.row_starts[d], batch.rows[d]
         width = int(batch.attention_mask[start:start + n].sum(1).max())
-        std = torch.full((n, width, inputs.shape[-1]), self.sigma(batch, inputs, d), device=inputs.device)
+        std = torch.full((n, width, inputs.shape[-1]), sigma, device=inputs.device)
         return torch.nn.functional.pad(torch.normal(0.0, std, generator=generator), (0, 0, 0, inputs.shape[1] - width))
 
 

@@ -20,12 +20,11 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy
 import torch
+from pydantic import StrictInt
 from spacy.language import Language
 
-from ..view import DifferentiableView, EncodedBatch
-from pydantic import StrictInt
-
 from ..targets import Target, slot_values
+from ..view import DifferentiableView, EncodedBatch
 from .base import (ASSIGNS, DEFAULT_CONFIG, Aggregation, AttributionComponent, DType, Labels, Output, Site,
                    WordpieceMap, check_choice, instance_chunks, slot_gradients)
 

@@ -14,7 +14,7 @@ backprop, weights never written.
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 from spacy.language import Language
@@ -74,8 +74,7 @@ class DifferentiableView:
         self.nlp = nlp
         self.transformer_name, self.transformer = find_transformer(nlp)
         self.head_name = head if head is not None else default_head(nlp, self.transformer_name)
-        if self.head_name not in nlp.pipe_names:
-            raise ValueError(f"No component named {self.head_name!r} in the pipeline {nlp.pipe_names}")
+        kind = head_kind_of(nlp, self.head_name)
         pipe = nlp.get_pipe(self.head_name)
         listeners = listeners_of(pipe.model, self.transformer_name) if isinstance(pipe.model, Model) else []
         if not listeners:
@@ -84,10 +83,6 @@ class DifferentiableView:
                 f"{self.transformer_name!r}: attribution needs a head whose model contains a "
                 "TransformerListener (spacy-transformers.TransformerListener.v1)."
             )
-        kind = head_kind(pipe)
-        if kind is None:
-            raise ValueError(f"Component {self.head_name!r} ({type(pipe).__name__}) is not a supported head kind; "
-                             f"supported: {', '.join(SUPPORTED_HEADS)}")
         self.output = output
         self.attribute_at = attribute_at
         self.run = TransformerRun(self.transformer.model.transformer, attribute_at, DTYPES[dtype],
@@ -207,6 +202,19 @@ def find_transformer(nlp: Language) -> Tuple[str, Transformer]:
     return found[0]
 
 
+def head_kind_of(nlp: Language, name: str) -> Type[Head]:
+    """The head kind of the component `name`, with a clear error where there is no such component or its
+    kind is not supported."""
+    if name not in nlp.pipe_names:
+        raise ValueError(f"No component named {name!r} in the pipeline {nlp.pipe_names}")
+    pipe = nlp.get_pipe(name)
+    kind = head_kind(pipe)
+    if kind is None:
+        raise ValueError(f"Component {name!r} ({type(pipe).__name__}) is not a supported head kind; "
+                         f"supported: {', '.join(SUPPORTED_HEADS)}")
+    return kind
+
+
 def listeners_of(model: Model, transformer_name: str) -> List[TransformerListener]:
     return [node for node in model.walk() if isinstance(node, TransformerListener)
             and node.upstream_name in ("*", transformer_name)]
@@ -227,4 +235,4 @@ def default_head(nlp: Language, transformer_name: str) -> str:
     raise ValueError(f"Several heads listen to the transformer: {supported}. Choose one with `head`.")
 
 
-__all__ = ["DifferentiableView", "EncodedBatch", "ViewOutput", "SUPPORTED_HEADS"]
+__all__ = ["DifferentiableView", "EncodedBatch", "ViewOutput", "SUPPORTED_HEADS", "head_kind_of"]

@@ -28,6 +28,12 @@ from ..guards import thinc_gradients_discarded
 Backprop = Callable[[torch.Tensor], torch.Tensor]
 
 
+def unannotated_copy(doc: Doc) -> Doc:
+    """The doc's tokens and whitespace alone: what a head's own annotation step may run on without
+    touching the user's doc (and, for the parser, without entities constraining its moves)."""
+    return Doc(doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
+
+
 class Head:
     """A head component of the pipeline, as the view runs it. Subclasses are the head kinds."""
 

@@ -26,7 +26,7 @@ from thinc.api import get_array_module
 
 from ...targets import LabelsSetting, Target
 from ..encoding import EncodedBatch
-from .base import Backprop, Head
+from .base import Backprop, Head, unannotated_copy
 
 
 @dataclass
@@ -66,8 +66,7 @@ class ParserHead(Head):
 
     # -- the predicted path --------------------------------------------------------------------------
     def plan(self, batch: EncodedBatch, hidden_states: Callable[[], torch.Tensor]) -> PredictedPath:
-        copies = [Doc(doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
-                  for doc in batch.docs]
+        copies = [unannotated_copy(doc) for doc in batch.docs]
         seen = numpy.ones(len(self.move_names), dtype=bool)
         seen[list(self.model.attrs["unseen_classes"])] = False
         doc_index = list(range(len(batch.docs)))

@@ -14,7 +14,7 @@ from thinc.types import Ragged
 
 from ...targets import LabelsSetting, Target
 from ..encoding import EncodedBatch
-from .base import Backprop, ThincHead
+from .base import Backprop, ThincHead, unannotated_copy
 
 
 @dataclass
@@ -35,8 +35,8 @@ class SpancatHead(ThincHead):
     def plan(self, batch: EncodedBatch, hidden_states: Callable[[], torch.Tensor]) -> SuggestedSpans:
         suggested = self.pipe.suggester(batch.docs, ops=self.model.ops)
         data = self.model.ops.to_numpy(suggested.dataXd).reshape(-1, 2).astype("int32")
-        ends = numpy.cumsum(self.model.ops.to_numpy(suggested.lengths))
-        return SuggestedSpans([data[e - n:e] for e, n in zip(ends, self.model.ops.to_numpy(suggested.lengths))])
+        ends = numpy.cumsum(self.model.ops.to_numpy(suggested.lengths))[:-1]
+        return SuggestedSpans(numpy.split(data, ends))
 
     def model_input(self, batch: EncodedBatch, docs: List[Doc], doc_index: List[int]) -> Any:
         spans = [batch.plan.spans[d] for d in doc_index]
@@ -67,8 +67,7 @@ class SpancatHead(ThincHead):
 
     def targets(self, batch: EncodedBatch, logits: torch.Tensor, labels: LabelsSetting) -> List[List[Target]]:
         spans = batch.plan.spans
-        copies = [Doc(doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
-                  for doc in batch.docs]
+        copies = [unannotated_copy(doc) for doc in batch.docs]
         probabilities = self.probabilities(logits).detach().cpu().numpy()
         suggested = Ragged(numpy.concatenate(spans), numpy.asarray([len(s) for s in spans], dtype="int32"))
         scores = numpy.concatenate([probabilities[d, :len(s)] for d, s in enumerate(spans)])

@@ -130,7 +130,7 @@ def test_planted_trigger_is_found(ner_nlp):
             gaps.append(attribution.extras["relative_delta"])
             assert attribution.extras["converged"]
     assert len(hits) >= 50
-    assert numpy.mean(hits) >= 0.9
+    assert numpy.mean(hits) >= 0.9, f"trigger in the top two for {numpy.mean(hits):.1%} of {len(hits)} entities"
     assert max(gaps) <= 0.01
 
 

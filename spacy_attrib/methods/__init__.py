@@ -3,5 +3,6 @@
 from .base import AttributionComponent
 from .gradient import GradientXInput, Saliency, SmoothGrad
 from .integrated import IntegratedGradients
+from .random import RandomAttribution
 
-__all__ = ["AttributionComponent", "GradientXInput", "IntegratedGradients", "Saliency", "SmoothGrad"]
+__all__ = ["AttributionComponent", "GradientXInput", "IntegratedGradients", "RandomAttribution", "Saliency", "SmoothGrad"]

@@ -6,6 +6,7 @@ explains. The base does the rest: configuration, choosing targets, batching docs
 wordpieces to spaCy tokens, writing `doc._.attributions`, serialization.
 """
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, Union
@@ -205,6 +206,12 @@ class AttributionComponent(Pipe):
             self.cfg.update(srsly.read_json(path / "cfg"))
         self._view = None
         return self
+
+
+def doc_seed(seed: int, doc: Doc) -> int:
+    """A seed for a doc's random draws from the `seed` setting and the doc's text, nothing else, so results
+    do not depend on how docs are batched."""
+    return seed + zlib.crc32(doc.text.encode("utf8"))
 
 
 def check_choice(setting: str, value: Any, choices: Sequence[Any]) -> None:

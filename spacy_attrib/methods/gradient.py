@@ -10,7 +10,6 @@
   results do not depend on how docs are batched.
 """
 
-import zlib
 from typing import Any, Dict, List, Literal, Optional
 
 import torch
@@ -19,7 +18,7 @@ from spacy.tokens import Doc
 
 from ..view import EncodedBatch
 from .base import (ASSIGNS, DEFAULT_CONFIG, Aggregation, AttributionComponent, DType, Labels, Output, Site,
-                   WordpieceMap, instance_chunks, slot_gradients)
+                   WordpieceMap, doc_seed, instance_chunks, slot_gradients)
 
 
 def reduce_hidden(values: torch.Tensor, how: str) -> torch.Tensor:
@@ -104,7 +103,7 @@ class SmoothGrad(AttributionComponent):
 
     def noise_seed(self, doc: Doc) -> int:
         """The seed of a doc's noise: the `seed` setting and the doc's text, nothing else."""
-        return self.cfg["seed"] + zlib.crc32(doc.text.encode("utf8"))
+        return doc_seed(self.cfg["seed"], doc)
 
     def noise_generator(self, doc: Doc, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.noise_seed(doc))

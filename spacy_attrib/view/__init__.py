@@ -188,6 +188,20 @@ class DifferentiableView:
             logits = HeadFunction.apply(hidden, self.head, batch, doc_index)
         return ViewOutput(self.head.scores(logits, batch, doc_index, self.output), logits, inputs, doc_index)
 
+    def layer_means(self, batch: EncodedBatch) -> torch.Tensor:
+        """Each doc's mean activation at the embedding output and after every encoder layer, over its real
+        wordpieces (all rows), shape (docs, layers + 1): what Atanasova et al.'s consistency tests compare."""
+        with self.frozen(), torch.no_grad(), self.autocast():
+            states = self.hf_model(**self.run.inputs(batch, batch.input_ids, None), output_hidden_states=True).hidden_states
+        mask = batch.attention_mask.unsqueeze(-1).float()
+        means = torch.zeros((len(batch.docs), len(states)), device=self.device)
+        for d, (start, n) in enumerate(zip(batch.row_starts, batch.rows)):
+            if n:
+                weight = mask[start:start + n]
+                for layer, state in enumerate(states):
+                    means[d, layer] = (state[start:start + n].float() * weight).sum() / (weight.sum() * state.shape[-1])
+        return means
+
 
 # -- where things are in the pipeline --------------------------------------------------------------
 def find_transformer(nlp: Language) -> Tuple[str, Transformer]:

@@ -74,6 +74,13 @@ class Head:
         """Each doc's targets, from the head's logits on the docs themselves (one instance per doc)."""
         raise NotImplementedError
 
+    def position(self, plan: Any, d: int, token: Optional[int], span: Optional[Tuple[int, int]], label: str
+                 ) -> Optional[int]:
+        """The index along the position axis of `scores` of the target anchored at `token` or `span` in doc
+        `d` of the batch whose plan is `plan`; None where the plan has no such target (a span the suggester
+        did not propose, an entity the predicted path does not build). Doc-level heads: 0."""
+        return 0
+
     # -- feeding the listener ------------------------------------------------------------------------
     def listener_outputs(self, batch: EncodedBatch, hidden: torch.Tensor, doc_index: List[int]
                          ) -> Tuple[List[TransformerData], List[int]]:

@@ -17,7 +17,7 @@ moves; a doc whose entities differ from the replayed path's gets a warning.
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -197,3 +197,8 @@ class ParserHead(Head):
         return [[Target(label, self.labels.index(label), position=e, span=(start, end))
                  for e, (start, end, label) in enumerate(entities) if labels == "predicted" or label in labels]
                 for entities in path.entities]
+
+    def position(self, plan: PredictedPath, d: int, token: Optional[int], span: Optional[Tuple[int, int]],
+                 label: str) -> Optional[int]:
+        entities = plan.entities[d]
+        return entities.index((*span, label)) if span and (*span, label) in entities else None

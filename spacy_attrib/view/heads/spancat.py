@@ -4,7 +4,7 @@ the spans the component itself predicts, found by its own `set_annotations` (thr
 overlap rules) on copies of the docs, so the user's docs are not touched."""
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy
 import torch
@@ -85,3 +85,8 @@ class SpancatHead(ThincHead):
                 doc_targets.extend(Target(self.labels[k], k, position=position[extent], span=extent) for k in chosen)
             targets.append(doc_targets)
         return targets
+
+    def position(self, plan: SuggestedSpans, d: int, token: Optional[int], span: Optional[Tuple[int, int]],
+                 label: str) -> Optional[int]:
+        hits = numpy.flatnonzero((plan.spans[d] == numpy.asarray(span)).all(axis=1)) if span else []
+        return int(hits[0]) if len(hits) else None

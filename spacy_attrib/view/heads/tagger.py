@@ -1,7 +1,7 @@
 """The `tagger`: a Softmax over tags for every token, so one position per token (padded past a doc's
 length). Each token's explanation is stored on the token."""
 
-from typing import Any, List
+from typing import Any, List, Optional, Tuple
 
 import torch
 from spacy.tokens import Doc
@@ -31,3 +31,7 @@ class TaggerHead(ThincHead):
         return [[Target(self.labels[k], k, position=i, token=i)
                  for i in range(len(doc)) for k in self.chosen_labels(logits[d, i], labels)]
                 for d, doc in enumerate(batch.docs)]
+
+    def position(self, plan: Any, d: int, token: Optional[int], span: Optional[Tuple[int, int]], label: str
+                 ) -> Optional[int]:
+        return token

@@ -1,0 +1,103 @@
+"""Named evaluation protocols: which tokens are removed, how many, how, and what is measured.
+
+Every faithfulness measure removes a ranked prefix of a doc's tokens and re-scores (`removal`):
+
+- comprehensiveness at k: ``p(x) − p(x \\ top_k)`` (remove the k most relevant tokens; higher = the
+  explanation found what the prediction needs);
+- sufficiency at k: ``p(x) − p(top_k)`` (keep only them; lower = they suffice);
+- AOPC: the mean over the protocol's fractions (÷ the number of fractions, as ERASER's scorer does);
+- degradation: ``p(x \\ top_k)`` (MoRF) and ``p(x \\ bottom_k)`` (LeRF) curves over the fractions, with
+  accuracy, and the area between them (trapezoid over [0] + fractions; higher = better ranking);
+- ``f1_auc``: Atanasova et al.'s faithfulness, the area under (fraction masked, the dataset's macro-F1)
+  (lower = more faithful).
+
+`p` is the probability of the explained label (for an entity, of its transitions), read through the
+pipeline. Tokens are spaCy tokens with wordpieces, the target's own token or span excepted; k is
+`count`(fraction × their number).
+
+References: DeYoung et al. 2020 (ERASER), Samek et al. 2017 (AOPC, MoRF/LeRF), Attanasio et al. 2023
+(ferret), Atanasova et al. 2020 (diagnostic properties), the IBA paper's degradation test
+(method-notes §1.5).
+"""
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Literal, Tuple
+
+from .removal import REMOVALS
+
+MEASURES = ("comprehensiveness", "sufficiency", "degradation", "f1_auc")
+COUNTS = {"ceil": math.ceil, "floor": math.floor, "round": lambda x: math.floor(x + 0.5)}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A faithfulness protocol.
+
+    name: its name in results. removal: ``delete``, ``mask`` or ``unk`` (see `removal`).
+    fractions: the shares of removable tokens ranked first (the bins).
+    count: how a fraction of n tokens becomes a count: ``ceil``, ``floor`` or ``round`` (half up).
+    measures: any of ``comprehensiveness``, ``sufficiency``, ``degradation``, ``f1_auc``.
+    positive_only: rank only tokens with a positive score (ferret): fewer than k positive tokens give fewer.
+    skip_repeats: leave out bins that select nothing or the same tokens as the bin before (ferret).
+    target: ``explained`` (every explained target) or ``gold`` (only results for the gold label, as the
+        IBA paper evaluates; the method must have explained it, e.g. ``labels = "all"``).
+    """
+
+    name: str
+    removal: str
+    fractions: Tuple[float, ...]
+    count: Literal["ceil", "floor", "round"]
+    measures: Tuple[str, ...]
+    positive_only: bool = False
+    skip_repeats: bool = False
+    target: Literal["explained", "gold"] = "explained"
+
+    def __post_init__(self):
+        if self.removal not in REMOVALS:
+            raise ValueError(f"removal must be one of {REMOVALS}, got {self.removal!r}")
+        if self.count not in COUNTS:
+            raise ValueError(f"count must be one of {tuple(COUNTS)}, got {self.count!r}")
+        unknown = [m for m in self.measures if m not in MEASURES]
+        if unknown or not self.measures:
+            raise ValueError(f"measures must be a non-empty selection of {MEASURES}, got {self.measures!r}")
+        if not self.fractions or any(not 0 <= f <= 1 for f in self.fractions) or list(self.fractions) != sorted(self.fractions):
+            raise ValueError(f"fractions must be increasing values in [0, 1], got {self.fractions!r}")
+        if self.target not in ("explained", "gold"):
+            raise ValueError(f"target must be 'explained' or 'gold', got {self.target!r}")
+
+    def k(self, fraction: float, n: int) -> int:
+        """How many of `n` tokens the bin `fraction` selects."""
+        # Rounded first, so that 0.1 × 30 = 3.0000000000000004 counts 3 under ceil.
+        return min(n, max(0, int(COUNTS[self.count](round(fraction * n, 9)))))
+
+    def with_changes(self, **changes: Any) -> "Protocol":
+        return Protocol(**{**asdict(self), **changes})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+TENTHS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+PRESETS: Dict[str, Protocol] = {
+    # ERASER's released scorer: AOPC over the bins 1, 5, 10, 20, 50 %, tokens deleted.
+    "eraser": Protocol("eraser", "delete", (0.01, 0.05, 0.1, 0.2, 0.5), "ceil", ("comprehensiveness", "sufficiency")),
+    # ferret's AOPC: 10 … 100 %, only positively scored tokens, repeated and empty selections left out.
+    "ferret": Protocol("ferret", "delete", TENTHS, "floor", ("comprehensiveness", "sufficiency"),
+                       positive_only=True, skip_repeats=True),
+    # Atanasova et al. 2020: [MASK] the top 0, 10, … 100 %; the AUC of the dataset's macro-F1.
+    "atanasova": Protocol("atanasova", "mask", (0.0,) + TENTHS, "round", ("f1_auc", "comprehensiveness", "sufficiency")),
+    # The IBA paper's degradation test (seed 000): 9 points at k/9, deleted, MoRF and LeRF, gold class.
+    "iba": Protocol("iba", "delete", tuple(k / 9 for k in range(1, 10)), "round", ("degradation",), target="gold"),
+    # A general degradation curve in tenths.
+    "degradation": Protocol("degradation", "delete", TENTHS, "round", ("degradation",)),
+}
+
+
+def get_protocol(protocol: Any) -> Protocol:
+    """A `Protocol`, or the preset of that name (clear error for an unknown one)."""
+    if isinstance(protocol, Protocol):
+        return protocol
+    if protocol not in PRESETS:
+        raise ValueError(f"Unknown protocol {protocol!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[protocol]

@@ -10,11 +10,12 @@ saved pipeline without an import.
 
 from .attribution import Attribution, Segment, install_extensions, iter_attributions
 from .pairs import make_pair, pair_segments
+from .render import render, serve
 from .targets import Target
 from .view import DifferentiableView
 
 __version__ = "0.1.0"
 __all__ = ["Attribution", "DifferentiableView", "Segment", "Target", "install_extensions", "iter_attributions", "make_pair",
-           "pair_segments"]
+           "pair_segments", "render", "serve"]
 
 install_extensions()

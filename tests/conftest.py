@@ -12,6 +12,8 @@ import torch
 from spacy.language import Language
 from spacy.training import Example
 
+from spacy_attrib.methods.base import ASSIGNS, DEFAULT_CONFIG, AttributionComponent
+
 WORDS = (
     "a the this that film movie plot actor story it was is and but not very really quite "
     "good great wonderful warm witty wise fun brilliant bad awful terrible dull boring weak "
@@ -330,3 +332,50 @@ def spacy_train(config, output: Path) -> Language:
     config.to_disk(output / "config.cfg")
     train(output / "config.cfg", output / "trained")
     return spacy.load(output / "trained" / "model-last")
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+class KeywordOracle(AttributionComponent):
+    """A perfect explanation of the toy sentiment task: 1 on the sentiment words (wordpiece by wordpiece),
+    0 elsewhere."""
+
+    method_name = "oracle"
+
+    def explain(self, batch):
+        with torch.no_grad():
+            output = self.view.forward(batch)
+        targets = self.targets(output, batch)
+        per_slot = [torch.zeros(batch.input_ids.shape) for _ in range(max(map(len, targets), default=0))]
+        for d, doc in enumerate(batch.docs):
+            layout = batch.layout(d)
+            for scores in per_slot:
+                flat = scores[batch.row_starts[d]:batch.row_starts[d] + batch.rows[d]].view(-1)
+                for token in doc:
+                    if token.lower_ in POSITIVE + NEGATIVE:
+                        flat[layout.positions[layout.alignment[token.i]]] = 1.0
+        return self.maps(batch, targets, output, per_slot)
+
+
+@Language.factory("attr_test_oracle", default_config=DEFAULT_CONFIG, assigns=ASSIGNS)
+def make_keyword_oracle(nlp, name, head, labels, output, aggregation, attribute_at, batch_size,
+                        internal_batch_size, dtype, key):
+    return KeywordOracle(nlp, name, head=head, labels=labels, output=output, aggregation=aggregation,
+                         attribute_at=attribute_at, batch_size=batch_size, internal_batch_size=internal_batch_size,
+                         dtype=dtype, key=key)
+
+
+def gold_docs(nlp: Language, n: int, seed: int) -> list:
+    """Toy sentiment docs with gold cats and the sentiment words as their human rationale."""
+    docs = []
+    for text, label in toy_texts(n, seed):
+        doc = nlp.make_doc(text)
+        doc.cats = {"POS": float(label == "POS"), "NEG": float(label == "NEG")}
+        doc.spans["rationale"] = [doc[t.i:t.i + 1] for t in doc if t.lower_ in POSITIVE + NEGATIVE]
+        docs.append(doc)
+    return docs
+
+
+@pytest.fixture(scope="session")
+def keyword_nlp(tiny_bert) -> Language:
+    """A textcat trained until its prediction rests on the sentiment words."""
+    return build_pipeline(tiny_bert, "textcat", n_epochs=16)

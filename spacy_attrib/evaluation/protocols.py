@@ -39,7 +39,8 @@ class Protocol:
     count: how a fraction of n tokens becomes a count: ``ceil``, ``floor`` or ``round`` (half up).
     measures: any of ``comprehensiveness``, ``sufficiency``, ``degradation``, ``f1_auc``.
     positive_only: rank only tokens with a positive score (ferret): fewer than k positive tokens give fewer.
-    skip_repeats: leave out bins that select nothing or the same tokens as the bin before (ferret).
+    skip_repeats: leave out bins that select nothing or the same tokens as the bin before (ferret); for
+        comprehensiveness and sufficiency only (the curves and the F1 AUC need every bin).
     target: ``explained`` (every explained target) or ``gold`` (only results for the gold label, as the
         IBA paper evaluates; the method must have explained it, e.g. ``labels = "all"``).
     """
@@ -63,6 +64,9 @@ class Protocol:
             raise ValueError(f"measures must be a non-empty selection of {MEASURES}, got {self.measures!r}")
         if not self.fractions or any(not 0 <= f <= 1 for f in self.fractions) or list(self.fractions) != sorted(self.fractions):
             raise ValueError(f"fractions must be increasing values in [0, 1], got {self.fractions!r}")
+        if self.skip_repeats and set(self.measures) - {"comprehensiveness", "sufficiency"}:
+            # A left-out bin has no score: the curves and the F1 AUC need every bin.
+            raise ValueError(f"skip_repeats applies to comprehensiveness and sufficiency only, got {self.measures!r}")
         if self.target not in ("explained", "gold"):
             raise ValueError(f"target must be 'explained' or 'gold', got {self.target!r}")
 

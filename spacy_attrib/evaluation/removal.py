@@ -95,8 +95,15 @@ class Rescorer:
         reduced = [reduce_doc(docs[r.d], r) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: len(reduced[i][0]))
         for group in minibatch(order, self.batch_size):
-            batch = self.view.encode([reduced[i][0] for i in group])
-            self._read(batch, [reduced[i][1] for i in group], list(range(len(group))), None, group, scores)
+            group_docs = [reduced[i][0] for i in group]
+            doc_index = list(range(len(group)))
+            if not any(len(doc) for doc in group_docs):
+                # spacy-transformers cannot run a batch of empty docs alone: a carrier doc goes with them
+                # and is not read.
+                group_docs.append(docs[requests[group[0]].d])
+                doc_index.append(len(group))
+            batch = self.view.encode(group_docs)
+            self._read(batch, [reduced[i][1] for i in group], doc_index, None, group, scores)
 
     # -- mask / unk: the doc's own rows with wordpieces replaced --------------------------------------
     def _score_replaced(self, docs: Sequence[Doc], requests: Sequence[Removal], scores: List) -> None:
@@ -139,7 +146,7 @@ class Rescorer:
         with torch.no_grad():
             output = self.view.forward(batch, doc_index=doc_index, input_ids=input_ids, max_rows=self.max_rows)
         values = output.scores.float().cpu().numpy()
-        for row, (slot, target, j) in enumerate(zip(slots, targets, doc_index)):
+        for row, (slot, target, j) in enumerate(zip(slots, targets, doc_index)):  # extra rows: carriers
             position = self.view.head.position(batch.plan, j, target.token, target.span, target.label)
             if position is None:
                 raise ValueError(f"{self.view.head_name!r} has no output for the target {target.label!r} at "

@@ -1,6 +1,6 @@
 """Small statistics the evaluation needs, in numpy (no scipy or scikit-learn dependency).
 
-Each is checked against hand-computed values in ``tests/test_evaluation_statistics.py``.
+Each is checked against hand-computed values in ``tests/test_evaluation_metrics.py``.
 """
 
 from dataclasses import dataclass

@@ -1,0 +1,5 @@
+"""``python -m spacy_attrib``: the ``spacy-attrib`` command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,191 @@
+"""The ``spacy-attrib`` command line (also ``python -m spacy_attrib``), in spaCy's style.
+
+    spacy-attrib explain PIPELINE INPUT [--method integrated_gradients,saliency] [--html out.html] [--output docs.spacy]
+    spacy-attrib evaluate PIPELINE DATA [--methods …] [--preset eraser,ferret] [--output DIR]
+
+INPUT is a text, a ``.txt`` file (one doc per line), a ``.jsonl`` file (objects with a ``"text"``) or a
+DocBin (``.spacy``). DATA is a DocBin with gold annotations (``doc.cats``; human rationales in
+``doc.spans["rationale"]``). Methods are the ``attr_*`` factories, named with or without the prefix;
+methods the pipeline does not have are added after its head. Bad input ends with a one-line error and
+exit code 1.
+"""
+
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import srsly
+import typer
+from spacy.language import Language
+from spacy.tokens import Doc, DocBin
+from wasabi import msg
+
+app = typer.Typer(name="spacy-attrib", add_completion=False, no_args_is_help=True,
+                  help="Explain spaCy transformer pipelines and evaluate the explanations.")
+
+
+def split_list(value: Optional[str]) -> List[str]:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else []
+
+
+def load_pipeline(pipeline: str) -> Language:
+    import spacy
+
+    try:
+        return spacy.load(pipeline)
+    except OSError as error:
+        raise UsageError(f"Cannot load the pipeline {pipeline!r}: {str(error).splitlines()[0]}")
+
+
+def factory_name(method: str) -> str:
+    name = method if method.startswith("attr_") else f"attr_{method}"
+    if not Language.has_factory(name):
+        known = sorted(f[len("attr_"):] for f in Language.factories if f.startswith("attr_"))
+        raise UsageError(f"Unknown method {method!r}; available: {', '.join(known)}")
+    return name
+
+
+def with_methods(nlp: Language, methods: List[str], labels: List[str]) -> List[str]:
+    """Add the methods the pipeline lacks (after its head); the result keys of the chosen methods."""
+    from .evaluation import attribution_components
+    from .methods import AttributionComponent
+
+    present = {pipe.key for _, pipe in nlp.pipeline if isinstance(pipe, AttributionComponent)}
+    keys = []
+    for method in methods:
+        factory = factory_name(method)
+        key = factory[len("attr_"):]
+        if key not in present:
+            config = {"labels": labels} if labels else {}
+            nlp.add_pipe(factory, name=factory, config=config)
+        keys.append(key)
+    if not keys:
+        keys = [pipe.key for _, pipe in attribution_components(nlp)]
+    for name, pipe in attribution_components(nlp, keys):
+        pipe.view  # builds the view now: a pipeline without a transformer or an unknown label fails here
+    return keys
+
+
+def read_input(nlp: Language, source: str) -> Iterator[Doc]:
+    path = Path(source)
+    if path.suffix in (".txt", ".jsonl", ".spacy") or path.exists():
+        if not path.exists():
+            raise UsageError(f"Input file not found: {path}")
+        if path.suffix == ".spacy":
+            yield from DocBin().from_disk(path).get_docs(nlp.vocab)
+        elif path.suffix == ".jsonl":
+            for line in srsly.read_jsonl(path):
+                if "text" not in line:
+                    raise UsageError(f"{path}: every line needs a 'text' field")
+                yield nlp.make_doc(line["text"])
+        else:
+            for line in path.read_text(encoding="utf8").splitlines():
+                if line.strip():
+                    yield nlp.make_doc(line)
+    else:
+        yield nlp.make_doc(source)
+
+
+class UsageError(Exception):
+    """Bad input: reported in one line, exit code 1."""
+
+
+def fail_cleanly(function):
+    """Run a command; bad input (our errors, spaCy's and the library's ValueErrors) ends in one line."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (UsageError, ValueError, KeyError, OSError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            msg.fail(str(message).splitlines()[0] if message else type(error).__name__, exits=1)
+
+    return wrapper
+
+
+@app.command()
+@fail_cleanly
+def explain(
+    pipeline: str = typer.Argument(..., help="Pipeline: a package name or a directory"),
+    source: str = typer.Argument(..., metavar="INPUT", help="A text, a .txt/.jsonl file, or a DocBin (.spacy)"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Comma-separated methods (default: the pipeline's, else integrated_gradients)"),
+    label: Optional[str] = typer.Option(None, "--label", "-l", help="Comma-separated labels to explain (default: the predicted ones)"),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write an HTML page of the explanations"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the explained docs as a DocBin"),
+):
+    """Explain docs: print each token's score, optionally write HTML and a DocBin."""
+    from .evaluation import attribution_components
+    from .methods import AttributionComponent
+    from .render import render
+
+    nlp = load_pipeline(pipeline)
+    methods = split_list(method)
+    if not methods and not any(isinstance(p, AttributionComponent) for _, p in nlp.pipeline):
+        methods = ["integrated_gradients"]
+    keys = with_methods(nlp, methods, split_list(label))
+    disabled = [name for name, pipe in attribution_components(nlp) if pipe.key not in keys]
+    docs = list(nlp.pipe(read_input(nlp, source), disable=disabled))
+    if not docs:
+        raise UsageError("The input holds no docs")
+    for doc in docs[:20]:
+        msg.divider(doc.text[:70])
+        for key in keys:
+            for label_name, attribution in doc._.attributions.get(key, {}).items():
+                rows = [(t.text, f"{s:+.4f}") for t, s in zip(doc, attribution.scores)]
+                msg.table(rows, header=(f"{key}", f"{label_name}"), divider=True)
+    if len(docs) > 20:
+        msg.info(f"{len(docs) - 20} more docs not printed")
+    if html:
+        html.write_text(render(docs, key=keys[0], page=True, jupyter=False), encoding="utf8")
+        msg.good(f"Wrote {html}")
+    if output:
+        DocBin(docs=docs, store_user_data=True).to_disk(output)
+        msg.good(f"Wrote {len(docs)} docs to {output}")
+
+
+@app.command()
+@fail_cleanly
+def evaluate(
+    pipeline: str = typer.Argument(..., help="Pipeline: a package name or a directory"),
+    data: Path = typer.Argument(..., help="DocBin (.spacy) with gold cats and optional doc.spans['rationale']"),
+    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated methods (default: the pipeline's)"),
+    preset: str = typer.Option("eraser", "--preset", "-p", help="Comma-separated protocols: eraser, ferret, atanasova, iba, degradation"),
+    output: Path = typer.Option(Path("evaluation"), "--output", "-o", help="Directory for results.json and plots"),
+    label: Optional[str] = typer.Option(None, "--label", "-l", help="Labels added methods explain (default: predicted)"),
+    random_floor: bool = typer.Option(True, "--random/--no-random", help="Add attr_random as the floor"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N docs"),
+    n_resamples: int = typer.Option(1000, "--n-resamples", help="Bootstrap resamples"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Docs scored together"),
+):
+    """Evaluate methods over a corpus: results.json (value, 95 % interval, n per metric) and PNG plots."""
+    from .evaluation import PRESETS, evaluate as run_evaluation
+
+    presets = split_list(preset)
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown or not presets:
+        raise UsageError(f"Unknown preset(s) {unknown}; available: {', '.join(PRESETS)}")
+    if not data.exists():
+        raise UsageError(f"Data file not found: {data}")
+    nlp = load_pipeline(pipeline)
+    chosen = split_list(methods)
+    if random_floor and chosen and "random" not in chosen:
+        chosen.append("random")
+    keys = with_methods(nlp, chosen, split_list(label))
+    if random_floor and "random" not in keys:
+        keys += with_methods(nlp, ["random"], split_list(label))
+    docs = list(DocBin().from_disk(data).get_docs(nlp.vocab))[:limit]
+    if not docs:
+        raise UsageError(f"{data} holds no docs")
+    msg.info(f"Evaluating {', '.join(keys)} on {len(docs)} docs under {', '.join(presets)}")
+    report = run_evaluation(nlp, docs, methods=keys, protocols=presets, n_resamples=n_resamples,
+                            batch_size=batch_size, progress=True)
+    output.mkdir(parents=True, exist_ok=True)
+    report.to_json(output / "results.json")
+    plots = report.plot(output)
+    msg.table(report.table(), header=("protocol", "metric", "method", "value", "95 % interval", "n"), divider=True)
+    msg.good(f"Wrote {output / 'results.json'} and {len(plots)} plots to {output}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,99 @@
+"""The `spacy-attrib` command line end to end on the tiny model (typer's CliRunner), with its error paths:
+one line and exit code 1, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+import spacy
+import srsly
+from spacy.tokens import DocBin
+from typer.testing import CliRunner
+
+from spacy_attrib.cli import app
+
+from conftest import gold_docs
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_explain_a_text_prints_scores_and_writes_html_and_docbin(textcat_dir, tmp_path):
+    html, docs = tmp_path / "out.html", tmp_path / "docs.spacy"
+    result = run("explain", textcat_dir, "this movie is very good !", "--method", "saliency,integrated_gradients",
+                 "--html", html, "--output", docs)
+    assert result.exit_code == 0, result.output
+    assert "saliency" in result.output and "integrated_gradients" in result.output and "good" in result.output
+    page = html.read_text(encoding="utf8")
+    assert page.startswith("<!DOCTYPE html>") and "good" in page
+    nlp = spacy.load(textcat_dir)
+    (doc,) = DocBin().from_disk(docs).get_docs(nlp.vocab)
+    assert set(doc._.attributions) == {"saliency", "integrated_gradients"}
+    assert len(doc._.attributions["saliency"][max(doc.cats, key=doc.cats.get)].scores) == len(doc)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".spacy"])
+def test_explain_reads_files(textcat_dir, tmp_path, suffix):
+    texts = ["the plot was dull .", "a warm , witty film ."]
+    path = tmp_path / f"input{suffix}"
+    nlp = spacy.load(textcat_dir)
+    if suffix == ".txt":
+        path.write_text("\n".join(texts) + "\n", encoding="utf8")
+    elif suffix == ".jsonl":
+        srsly.write_jsonl(path, [{"text": t} for t in texts])
+    else:
+        DocBin(docs=[nlp.make_doc(t) for t in texts]).to_disk(path)
+    out = tmp_path / "out.spacy"
+    result = run("explain", textcat_dir, path, "-m", "gradient_x_input", "-o", out)
+    assert result.exit_code == 0, result.output
+    docs = list(DocBin().from_disk(out).get_docs(nlp.vocab))
+    assert [d.text for d in docs] == texts and all("gradient_x_input" in d._.attributions for d in docs)
+
+
+def test_evaluate_writes_json_and_plots(textcat_dir, tmp_path):
+    nlp = spacy.load(textcat_dir)
+    data = tmp_path / "dev.spacy"
+    DocBin(docs=gold_docs(nlp, 12, seed=4), store_user_data=True).to_disk(data)
+    out = tmp_path / "evaluation"
+    result = run("evaluate", textcat_dir, data, "--methods", "gradient_x_input", "--preset", "eraser,degradation",
+                 "--output", out, "--n-resamples", 50)
+    assert result.exit_code == 0, result.output
+    rows = srsly.read_json(out / "results.json")["results"]
+    assert {(r["method"], r["metric"]) for r in rows} >= {
+        ("gradient_x_input", "comprehensiveness"), ("random", "comprehensiveness"),
+        ("gradient_x_input", "degradation_area_between"), ("gradient_x_input", "auprc"),
+        ("gradient_x_input", "seconds_per_doc")}
+    assert (out / "eraser_aopc.png").stat().st_size > 1000 and (out / "degradation_degradation.png").exists()
+    assert "comprehensiveness" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["explain", "{pipeline}", "{tmp}/missing.txt"], "Input file not found"),
+    (["explain", "{tmp}/no_pipeline", "some text"], "Cannot load the pipeline"),
+    (["explain", "{blank}", "some text", "-m", "saliency"], "no spacy-transformers 'transformer'"),
+    (["explain", "{pipeline}", "some text", "-m", "lime_or_so"], "Unknown method 'lime_or_so'"),
+    (["explain", "{pipeline}", "some text", "-l", "MAYBE"], "Unknown label(s) ['MAYBE']"),
+    (["evaluate", "{pipeline}", "{tmp}/missing.spacy"], "Data file not found"),
+    (["evaluate", "{pipeline}", "{tmp}/missing.spacy", "--preset", "aopc"], "Unknown preset(s) ['aopc']"),
+])
+def test_bad_input_is_one_line_and_exit_code_1(textcat_dir, tmp_path, args, message):
+    blank = tmp_path / "blank"
+    nlp = spacy.blank("en")
+    textcat = nlp.add_pipe("textcat")
+    for label in ("POS", "NEG"):
+        textcat.add_label(label)
+    nlp.initialize()
+    nlp.to_disk(blank)
+    filled = [a.format(pipeline=textcat_dir, tmp=tmp_path, blank=blank) for a in args]
+    result = runner.invoke(app, filled)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "spacy_attrib", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "explain" in result.stdout and "evaluate" in result.stdout

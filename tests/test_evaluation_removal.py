@@ -2,7 +2,6 @@
 `nlp` predicts on the shortened text, masking what it predicts with [MASK] in their place; batching does
 not change a score; targets of tokens and spans move with deletion; ner refuses deletion."""
 
-import numpy
 import pytest
 import torch
 from spacy.tokens import Doc

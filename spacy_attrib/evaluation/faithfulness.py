@@ -5,7 +5,7 @@ them all at once (`Rescorer`), and `measure(protocol, cases, scores)` turns the 
 `protocols` for the definitions.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy
@@ -26,7 +26,7 @@ class Case:
     protocol may remove (`removal.removable_tokens`); reference: the label decision perturbed inputs are
     judged against (the gold class index, or the gold membership 0/1 for non-exclusive heads; the clean
     prediction where there is no gold), None where the head has no decision (ner); gold: whether
-    `reference` is gold; seconds: the method's time on the doc, shared by its targets.
+    `reference` is gold.
     """
 
     d: int
@@ -35,13 +35,12 @@ class Case:
     removable: numpy.ndarray
     reference: Optional[int] = None
     gold: bool = False
-    seconds: Optional[float] = None
-    extras: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class MetricResult:
-    """One row of a results table, with per-fraction curves where the metric has them."""
+    """One row of a results table. `curve`: per-fraction values where the metric has them (``fraction``,
+    ``mean`` and its interval, ``accuracy``, ``macro_f1``)."""
 
     protocol: str
     method: str

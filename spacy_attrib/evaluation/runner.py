@@ -1,7 +1,7 @@
 """`evaluate`: every attribution component of a pipeline, measured over a corpus under named protocols."""
 
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy
 from spacy.language import Language
@@ -128,9 +128,13 @@ def evaluate(nlp: Language, corpus: Corpus, *, methods: Optional[Sequence[str]] 
     chosen = [get_protocol(p) for p in protocols]
     docs, gold, seconds = explain_corpus(nlp, corpus, components, progress=progress)
     results: List[MetricResult] = []
+    rescorers: Dict[Tuple[str, str], Rescorer] = {}
     for name, pipe in components:
-        rescorers = {removal: Rescorer(nlp, pipe.view.head_name, removal=removal, batch_size=batch_size,
-                                       max_rows=max_rows) for removal in {p.removal for p in chosen}}
+        head = pipe.view.head_name
+        for removal in {p.removal for p in chosen}:
+            if (head, removal) not in rescorers:
+                rescorers[head, removal] = Rescorer(nlp, head, removal=removal, batch_size=batch_size,
+                                                    max_rows=max_rows)
         cases = _cases(docs, gold, pipe.key, pipe.view)
         if not cases:
             raise ValueError(f"No results of {pipe.key!r} on the docs: nothing to evaluate")
@@ -139,7 +143,7 @@ def evaluate(nlp: Language, corpus: Corpus, *, methods: Optional[Sequence[str]] 
             if not selected:
                 raise ValueError(f"Protocol {protocol.name!r} evaluates the gold label, but {pipe.key!r} explained "
                                  "no gold label of the docs (or they have none): set its labels = 'all'")
-            score_of = _score_all(rescorers[protocol.removal], docs, selected, protocol, progress)
+            score_of = _score_all(rescorers[head, protocol.removal], docs, selected, protocol, progress)
             results.extend(measure(protocol, pipe.key, selected, score_of, n_resamples=n_resamples, seed=seed))
         results.extend(_plausibility(docs, gold, cases, pipe.key, plausibility_key, n_resamples, seed))
         if pipe.key in seconds:

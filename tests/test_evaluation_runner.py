@@ -173,3 +173,21 @@ def test_bad_input_names_the_problem(textcat_nlp):
             evaluate(textcat_nlp, gold_docs(textcat_nlp, 2, seed=0), protocols=["aopc"])
     finally:
         textcat_nlp.remove_pipe("attr_random")
+
+
+def test_a_spacy_corpus_of_examples_is_evaluated_against_its_gold(textcat_nlp):
+    from pathlib import Path
+
+    reader = spacy.registry.readers.get("spacy_attrib.SST2.v1")(Path(__file__).parent / "data" / "sst2" / "dev.tsv")
+    examples = list(reader(textcat_nlp))
+    textcat_nlp.add_pipe("attr_random")
+    try:
+        report = evaluate(textcat_nlp, examples, protocols=["degradation"], diagnostics=False, n_resamples=20)
+    finally:
+        textcat_nlp.remove_pipe("attr_random")
+    curve = next(r.curve for r in report.results if r.metric == "degradation_morf")
+    # accuracy at 0 is the pipeline's accuracy against the examples' gold cats
+    predicted = [max(doc.cats, key=doc.cats.get) for doc in textcat_nlp.pipe(e.reference.text for e in examples)]
+    gold = [max(e.reference.cats, key=e.reference.cats.get) for e in examples]
+    assert curve["accuracy"][0] == pytest.approx(sum(p == g for p, g in zip(predicted, gold)) / len(gold))
+    assert len(examples) == 5

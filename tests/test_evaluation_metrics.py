@@ -23,21 +23,22 @@ NLP = spacy.blank("en")
 FIFTHS = (0.2, 0.4, 0.6, 0.8, 1.0)  # with 5 tokens and "round": k = 1, 2, 3, 4, 5
 
 
-def attribution(scores, label="POS", method="m", span=None) -> Attribution:
+def attribution(scores, label="POS", method="m", span=None, extras=None) -> Attribution:
     scores = numpy.asarray(scores, dtype="float32")
     n = len(scores)
     return Attribution(method, label, scores, [f"w{i}" for i in range(n)], scores.copy(), [[i] for i in range(n)],
-                       0.0, span=span)
+                       0.0, span=span, extras=extras or {})
 
 
 def case(scores, weights=None, removable=None, reference=None, d=0) -> Case:
     removable = numpy.arange(len(scores)) if removable is None else numpy.asarray(removable)
-    return Case(d, "m", attribution(scores), removable, reference=reference, extras={"weights": weights})
+    # the fake classifiers below read the true token weights from the attribution's extras
+    return Case(d, "m", attribution(scores, extras={"weights": weights}), removable, reference=reference)
 
 
 def additive(c: Case, removed) -> Score:
     """A fake additive classifier: p = 0.5 + the weights of the kept tokens; decides 1 where p ≥ 0.6."""
-    p = 0.5 + sum(w for t, w in enumerate(c.extras["weights"]) if t not in removed)
+    p = 0.5 + sum(w for t, w in enumerate(c.attribution.extras["weights"]) if t not in removed)
     return Score(p, int(p >= 0.6))
 
 
@@ -436,3 +437,14 @@ def test_similar_pairs_puts_same_label_high_overlap_pairs_first():
     assert len(pairs) == 4
     assert all(labels[i] != labels[j] for i, j in pairs[2:])
     assert similar_pairs([NLP(t) for t in texts], labels, n_pairs=3)[:3] == [(0, 1), (0, 2), (3, 4)]
+
+
+def test_results_hold_no_nan_for_json():
+    from spacy_attrib.evaluation.faithfulness import MetricResult
+    from spacy_attrib.evaluation.statistics import Estimate
+
+    row = MetricResult("ferret", "m", "comprehensiveness", Estimate(0.5, None, None, 1),
+                       {"fraction": [0.1, 1.0], "mean": [0.2, float("nan")]}).to_dict()
+    assert row["curve"]["mean"] == [0.2, None] and row["ci_low"] is None
+    import json
+    json.dumps(row, allow_nan=False)

@@ -49,9 +49,15 @@ class MetricResult:
     curve: Optional[Dict[str, List]] = None
 
     def to_dict(self) -> Dict[str, Any]:
+        """Plain data for JSON; NaN (a bin no case kept) becomes None."""
         e = self.estimate
-        return {"protocol": self.protocol, "method": self.method, "metric": self.metric, "value": e.value,
-                "ci_low": e.low, "ci_high": e.high, "n": e.n, **({"curve": self.curve} if self.curve else {})}
+        curve = {name: [_finite(v) for v in values] for name, values in self.curve.items()} if self.curve else None
+        return {"protocol": self.protocol, "method": self.method, "metric": self.metric, "value": _finite(e.value),
+                "ci_low": _finite(e.low), "ci_high": _finite(e.high), "n": e.n, **({"curve": curve} if curve else {})}
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    return None if value is None or not numpy.isfinite(value) else float(value)
 
 
 def ranking(case: Case, protocol: Protocol, most_relevant_first: bool = True) -> numpy.ndarray:

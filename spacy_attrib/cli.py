@@ -15,6 +15,7 @@ from typing import Iterator, List, Optional
 
 import srsly
 import typer
+from tqdm import tqdm
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from wasabi import msg
@@ -113,6 +114,8 @@ def explain(
     label: Optional[str] = typer.Option(None, "--label", "-l", help="Comma-separated labels to explain (default: the predicted ones)"),
     html: Optional[Path] = typer.Option(None, "--html", help="Write an HTML page of the explanations"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the explained docs as a DocBin"),
+    keep_trf_data: bool = typer.Option(False, "--keep-trf-data", help="Keep doc._.trf_data in --output (large)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the scores"),
 ):
     """Explain docs: print each token's score, optionally write HTML and a DocBin."""
     from .evaluation import attribution_components
@@ -125,21 +128,26 @@ def explain(
         methods = ["integrated_gradients"]
     keys = with_methods(nlp, methods, split_list(label))
     disabled = [name for name, pipe in attribution_components(nlp) if pipe.key not in keys]
-    docs = list(nlp.pipe(read_input(nlp, source), disable=disabled))
-    if not docs:
+    inputs = list(read_input(nlp, source))
+    if not inputs:
         raise UsageError("The input holds no docs")
-    for doc in docs[:20]:
+    docs = list(tqdm(nlp.pipe(inputs, disable=disabled), total=len(inputs), desc="explaining",
+                     disable=len(inputs) < 50, leave=False))
+    for doc in docs[:0 if quiet else 20]:
         msg.divider(doc.text[:70])
         for key in keys:
             for label_name, attribution in doc._.attributions.get(key, {}).items():
                 rows = [(t.text, f"{s:+.4f}") for t, s in zip(doc, attribution.scores)]
                 msg.table(rows, header=(f"{key}", f"{label_name}"), divider=True)
-    if len(docs) > 20:
+    if len(docs) > 20 and not quiet:
         msg.info(f"{len(docs) - 20} more docs not printed")
     if html:
         html.write_text(render(docs, key=keys[0], page=True, jupyter=False), encoding="utf8")
         msg.good(f"Wrote {html}")
     if output:
+        if not keep_trf_data:
+            for doc in docs:
+                doc._.trf_data = None  # the transformer's output: ~20× the size of the attributions
         DocBin(docs=docs, store_user_data=True).to_disk(output)
         msg.good(f"Wrote {len(docs)} docs to {output}")
 

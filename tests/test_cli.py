@@ -32,6 +32,7 @@ def test_explain_a_text_prints_scores_and_writes_html_and_docbin(textcat_dir, tm
     nlp = spacy.load(textcat_dir)
     (doc,) = DocBin().from_disk(docs).get_docs(nlp.vocab)
     assert set(doc._.attributions) == {"saliency", "integrated_gradients"}
+    assert doc._.trf_data is None  # dropped: it is ~20× the size of the attributions
     assert len(doc._.attributions["saliency"][max(doc.cats, key=doc.cats.get)].scores) == len(doc)
 
 

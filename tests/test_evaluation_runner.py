@@ -9,6 +9,7 @@ import srsly
 from PIL import Image
 from spacy.tokens import DocBin
 
+from spacy_attrib import iter_attributions
 from spacy_attrib.evaluation import PRESETS, evaluate
 
 from conftest import gold_docs, make_method, weights_snapshot
@@ -108,7 +109,7 @@ def test_every_target_kind_is_measured(request, fixture, removal, kind):
     method = make_method(nlp, "attr_saliency")
     docs = list(nlp.pipe(texts))
     method.set_annotations(docs, method.predict(docs))
-    targets = sum(1 for doc in docs for a in __import__("spacy_attrib").iter_attributions(doc))
+    targets = sum(1 for doc in docs for a in iter_attributions(doc))
     nlp.add_pipe("attr_saliency")  # the component the evaluation measures; the docs are already explained
     try:
         protocol = PRESETS["eraser"].with_changes(name="test", removal=removal)

@@ -77,13 +77,14 @@ class Report:
 
         directory.mkdir(parents=True, exist_ok=True)
         written = []
+        # one colour per method across every plot of the run
+        colours = {method: f"C{i}" for i, method in enumerate(sorted({r.method for r in self.results}))}
         for protocol in self.protocols:
             curves = [r for r in self.results if r.protocol == protocol.name and r.metric in ("degradation_morf", "degradation_lerf")]
             if curves:
                 fig, ax = plt.subplots(figsize=(6, 4))
-                colours: Dict[str, Any] = {}
                 for r in curves:
-                    colour = colours.setdefault(r.method, f"C{len(colours)}")
+                    colour = colours[r.method]
                     style = "-" if r.metric.endswith("morf") else "--"
                     x, mean = r.curve["fraction"], r.curve["mean"]
                     ax.plot(x, mean, style, color=colour, label=f"{r.method} ({r.metric.rsplit('_', 1)[1].upper()})")
@@ -103,7 +104,7 @@ class Report:
                     values = [rows[m].value if m in rows else 0 for m in methods]
                     errors = [[(rows[m].value - rows[m].low) if m in rows and rows[m].low is not None else 0 for m in methods],
                               [(rows[m].high - rows[m].value) if m in rows and rows[m].high is not None else 0 for m in methods]]
-                    ax.bar(range(len(methods)), values, yerr=errors, capsize=3, color=[f"C{i}" for i in range(len(methods))])
+                    ax.bar(range(len(methods)), values, yerr=errors, capsize=3, color=[colours[m] for m in methods])
                     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=7)
                     better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
                     ax.set_title(f"AOPC {metric} ({better} is better)", fontsize=9)

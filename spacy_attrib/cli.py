@@ -142,12 +142,14 @@ def explain(
     if len(docs) > 20 and not quiet:
         msg.info(f"{len(docs) - 20} more docs not printed")
     if html:
+        html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(render(docs, key=keys[0], page=True, jupyter=False), encoding="utf8")
         msg.good(f"Wrote {html}")
     if output:
         if not keep_trf_data:
             for doc in docs:
                 doc._.trf_data = None  # the transformer's output: ~20× the size of the attributions
+        output.parent.mkdir(parents=True, exist_ok=True)
         DocBin(docs=docs, store_user_data=True).to_disk(output)
         msg.good(f"Wrote {len(docs)} docs to {output}")
 

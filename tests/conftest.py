@@ -38,7 +38,7 @@ def tag_of(word: str) -> str:
     return TAGS.get(word, "X")
 
 
-def make_tiny_bert(path: Path, seed: int = 0, words: Sequence[str] = tuple(WORDS)) -> Path:
+def make_tiny_bert(path: Path, seed: int = 0, words: Sequence[str] = tuple(WORDS), max_positions: int = 128) -> Path:
     """Save a 2-layer random BERT and its WordPiece tokenizer for `words` under `path`."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -49,7 +49,7 @@ def make_tiny_bert(path: Path, seed: int = 0, words: Sequence[str] = tuple(WORDS
     tokenizer.save_pretrained(str(path))
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=max_positions)
     BertModel(config).save_pretrained(str(path))
     return path
 

@@ -1,0 +1,120 @@
+"""The project's report: one Markdown and one self-contained HTML file (plots embedded, no network).
+
+    python scripts/report.py OUTPUT_DIR --evaluation NAME=DIR [--evaluation NAME=DIR …]
+        [--gold dev.spacy --explained attributed.spacy] [--examples 3]
+
+Each ``--evaluation`` is a directory written by ``spacy-attrib evaluate`` (``results.json`` and its PNGs),
+named for the report (``sst2``, ``eraser``). With ``--gold`` and ``--explained`` (the same docs, with gold
+cats and with the pipeline's predictions and attributions), the report gives the model's accuracy and
+renders the first ``--examples`` docs for every method.
+"""
+
+import base64
+import html
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import spacy
+import srsly
+import typer
+from spacy.tokens import DocBin
+from wasabi import msg
+
+from spacy_attrib import iter_attributions, render
+
+BETTER = {True: "↑", False: "↓"}
+
+
+def load_evaluation(spec: str) -> Tuple[str, Path, Dict]:
+    name, _, directory = spec.partition("=")
+    path = Path(directory or name) / "results.json"
+    if not path.exists():
+        msg.fail(f"No results.json in {path.parent}", exits=1)
+    return name if directory else path.parent.name, path.parent, srsly.read_json(path)
+
+
+def metric_table(results: List[Dict]) -> Tuple[List[str], List[List[str]]]:
+    """(methods, rows): one row per (protocol, metric), one column per method: value [95 % interval]."""
+    from spacy_attrib.evaluation.report import HIGHER_IS_BETTER
+
+    methods = sorted({r["method"] for r in results}, key=lambda m: (m == "random", m))
+    cells: Dict[Tuple[str, str], Dict[str, str]] = {}
+    for r in results:
+        value = "undefined" if r["value"] is None else f"{r['value']:.3f}"
+        interval = f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None else ""
+        cells.setdefault((r["protocol"], r["metric"]), {})[r["method"]] = value + interval
+    rows = []
+    for (protocol, metric), by_method in cells.items():
+        arrow = BETTER.get(HIGHER_IS_BETTER.get(metric), "")
+        rows.append([protocol, f"{metric} {arrow}".strip(), str(next(r["n"] for r in results if r["metric"] == metric
+                                                                 and r["protocol"] == protocol))]
+                    + [by_method.get(m, "") for m in methods])
+    return methods, rows
+
+
+def accuracy(gold_path: Path, explained_path: Path) -> Tuple[float, int]:
+    vocab = spacy.blank("en").vocab
+    gold = list(DocBin().from_disk(gold_path).get_docs(vocab))
+    predicted = list(DocBin().from_disk(explained_path).get_docs(vocab))
+    if len(gold) != len(predicted) or any(g.text != p.text for g, p in zip(gold, predicted)):
+        msg.fail(f"{gold_path} and {explained_path} do not hold the same docs", exits=1)
+    hits = [max(g.cats, key=g.cats.get) == max(p.cats, key=p.cats.get) for g, p in zip(gold, predicted) if g.cats]
+    return sum(hits) / len(hits), len(hits)
+
+
+def markdown_table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def html_table(header: List[str], rows: List[List[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def main(output: Path = typer.Argument(..., help="Directory for report.md and report.html"),
+         evaluation: List[str] = typer.Option(..., "--evaluation", "-e", help="NAME=DIR of a spacy-attrib evaluate run"),
+         gold: Optional[Path] = typer.Option(None, help="DocBin with gold cats"),
+         explained: Optional[Path] = typer.Option(None, help="The same docs, explained (spacy-attrib explain --output)"),
+         examples: int = typer.Option(3, help="Docs rendered per method")):
+    output.mkdir(parents=True, exist_ok=True)
+    md = ["# spacy-attrib report", ""]
+    body = ["<h1>spacy-attrib report</h1>"]
+    if gold and explained:
+        value, n = accuracy(gold, explained)
+        md += [f"Model accuracy on {gold.name}: **{value:.3f}** (n = {n})", ""]
+        body.append(f"<p>Model accuracy on {html.escape(gold.name)}: <b>{value:.3f}</b> (n = {n})</p>")
+    for name, directory, data in map(load_evaluation, evaluation):
+        methods, rows = metric_table(data["results"])
+        header = ["protocol", "metric", "n"] + methods
+        pipeline = data["pipeline"]
+        intro = (f"{data['n_docs']} docs; pipeline {pipeline['name']} {pipeline.get('version') or ''} "
+                 f"({', '.join(pipeline['components'])}); spacy-attrib {data['spacy_attrib_version']}. "
+                 "Values with their 95 % bootstrap interval; ↑ higher is better, ↓ lower is better.")
+        md += [f"## {name}", "", intro, "", markdown_table(header, rows), ""]
+        body += [f"<h2>{html.escape(name)}</h2>", f"<p>{html.escape(intro)}</p>", html_table(header, rows)]
+        for png in sorted(directory.glob("*.png")):
+            md += [f"![{png.stem}]({png.resolve()})", ""]
+            encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+            body.append(f'<p><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{encoded}"></p>')
+        md += [f"Conventions: {'; '.join(data['conventions'].values())}.", ""]
+    if explained and examples:
+        docs = list(DocBin().from_disk(explained).get_docs(spacy.blank("en").vocab))[:examples]
+        keys = sorted({a.method for doc in docs for a in iter_attributions(doc)})
+        body.append("<h2>Examples</h2>")
+        for key in keys:
+            body.append(render(docs, key=key, jupyter=False))
+        md += ["## Examples", "", f"Rendered in report.html: the first {len(docs)} docs under {', '.join(keys)}.", ""]
+    (output / "report.md").write_text("\n".join(md), encoding="utf8")
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>spacy-attrib report</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:13px}"
+            "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style></head><body>"
+            + "\n".join(body) + "</body></html>")
+    (output / "report.html").write_text(page, encoding="utf8")
+    msg.good(f"Report: {(output / 'report.html').resolve()} and {(output / 'report.md').resolve()}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,39 @@
+"""The spaCy project's wiring: `spacy project run demo` on the tiny model and a few docs runs every step
+(convert → train → attribute → evaluate → report), and the report's table has every method."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import srsly
+
+from conftest import make_tiny_bert
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("integrated_gradients", "gradient_x_input", "saliency", "smoothgrad", "random")
+
+
+def test_demo_workflow_runs_end_to_end(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("project.yml", "configs", "scripts", "assets"):
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
+    model = make_tiny_bert(tmp_path / "tiny_bert", max_positions=512)
+    overrides = {"transformer": model, "demo_steps": 4, "presets": "eraser", "eraser_limit": 2, "examples": 1}
+    command = [sys.executable, "-m", "spacy", "project", "run", "demo", str(project)]
+    command += [arg for name, value in overrides.items() for arg in (f"--vars.{name}", str(value))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("sst2", "eraser"):
+        rows = srsly.read_json(project / "evaluation" / "demo" / name / "results.json")["results"]
+        assert {r["method"] for r in rows} == set(METHODS)
+    eraser = srsly.read_json(project / "evaluation" / "demo" / "eraser" / "results.json")["results"]
+    assert {r["metric"] for r in eraser} >= {"comprehensiveness", "sufficiency", "token_f1", "iou", "auprc"}
+    report = (project / "reports" / "demo" / "report.md").read_text(encoding="utf8")
+    header = next(line for line in report.splitlines() if line.startswith("| protocol"))
+    assert all(method in header for method in METHODS)
+    assert "Model accuracy" in report
+    page = (project / "reports" / "demo" / "report.html").read_text(encoding="utf8")
+    assert "data:image/png;base64," in page and "http://" not in page and "https://" not in page

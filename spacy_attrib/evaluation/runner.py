@@ -73,10 +73,9 @@ def explain_corpus(nlp: Language, corpus: Corpus, components: Sequence[Tuple[str
             predicted[i] = doc
         for name, pipe in components:
             start = time.perf_counter()
-            batches = range(0, len(docs), pipe.cfg["batch_size"])
-            for b in tqdm(batches, desc=f"explaining ({name})", disable=not progress, leave=False):
-                chunk = docs[b:b + pipe.cfg["batch_size"]]
-                pipe.set_annotations(chunk, pipe.predict(chunk))
+            explained = pipe.pipe(docs, batch_size=pipe.cfg["batch_size"])
+            for _ in tqdm(explained, total=len(docs), desc=f"explaining ({name})", disable=not progress, leave=False):
+                pass
             seconds[pipe.key] = (time.perf_counter() - start) / len(docs)
     return predicted, gold, seconds
 

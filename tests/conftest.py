@@ -375,6 +375,43 @@ def gold_docs(nlp: Language, n: int, seed: int) -> list:
     return docs
 
 
+# The planted-key task: neutral filler words and exactly one key word, which alone decides the label.
+KEYS = {"good": "POS", "bad": "NEG"}
+KEY_FILLERS = [w for w in WORDS if w not in POSITIVE + NEGATIVE and w not in ",.!"]
+
+
+def planted_key_texts(n: int, seed: int = 0) -> List[Tuple[str, str, int]]:
+    """(text, label, index of the key token) for `n` docs of 5 to 9 tokens, half of each label."""
+    rng = random.Random(seed)
+    result = []
+    for i in range(n):
+        key = sorted(KEYS)[i % 2]
+        words = [rng.choice(KEY_FILLERS) for _ in range(rng.randint(5, 9))]
+        at = rng.randrange(len(words))
+        words[at] = key
+        result.append((" ".join(words), KEYS[key], at))
+    return result
+
+
+@pytest.fixture(scope="session")
+def planted_key_nlp(tiny_bert) -> Language:
+    """A textcat (transformer fine-tuned with it) whose label is decided by one planted key token."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config=transformer_config(tiny_bert))
+    nlp.add_pipe("textcat", config=head_config("textcat"))
+    examples = [Example.from_dict(nlp.make_doc(text), {"cats": {"POS": float(label == "POS"), "NEG": float(label == "NEG")}})
+                for text, label, _ in planted_key_texts(96, seed=1)]
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 3e-3
+    rng = random.Random(0)
+    for _ in range(12):
+        rng.shuffle(examples)
+        for start in range(0, len(examples), 8):
+            nlp.update(examples[start:start + 8], sgd=optimizer, drop=0.1)
+    return nlp
+
+
 @pytest.fixture(scope="session")
 def keyword_nlp(tiny_bert) -> Language:
     """A textcat trained until its prediction rests on the sentiment words."""

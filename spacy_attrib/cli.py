@@ -167,6 +167,7 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N docs"),
     n_resamples: int = typer.Option(1000, "--n-resamples", help="Bootstrap resamples"),
     batch_size: int = typer.Option(32, "--batch-size", help="Docs scored together"),
+    removal: Optional[str] = typer.Option(None, "--removal", help="Override the presets' removal: delete, mask or unk (ner needs mask or unk)"),
 ):
     """Evaluate methods over a corpus: results.json (value, 95 % interval, n per metric) and PNG plots."""
     from .evaluation import PRESETS, evaluate as run_evaluation
@@ -175,6 +176,7 @@ def evaluate(
     unknown = [p for p in presets if p not in PRESETS]
     if unknown or not presets:
         raise UsageError(f"Unknown preset(s) {unknown}; available: {', '.join(PRESETS)}")
+    protocols = [PRESETS[p].with_changes(removal=removal) if removal else PRESETS[p] for p in presets]
     if not data.exists():
         raise UsageError(f"Data file not found: {data}")
     nlp = load_pipeline(pipeline)
@@ -187,8 +189,9 @@ def evaluate(
     docs = list(DocBin().from_disk(data).get_docs(nlp.vocab))[:limit]
     if not docs:
         raise UsageError(f"{data} holds no docs")
-    msg.info(f"Evaluating {', '.join(keys)} on {len(docs)} docs under {', '.join(presets)}")
-    report = run_evaluation(nlp, docs, methods=keys, protocols=presets, n_resamples=n_resamples,
+    msg.info(f"Evaluating {', '.join(keys)} on {len(docs)} docs under {', '.join(presets)}"
+             + (f" (removal: {removal})" if removal else ""))
+    report = run_evaluation(nlp, docs, methods=keys, protocols=protocols, n_resamples=n_resamples,
                             batch_size=batch_size, progress=True)
     output.mkdir(parents=True, exist_ok=True)
     report.to_json(output / "results.json")

@@ -71,6 +71,19 @@ def test_evaluate_writes_json_and_plots(textcat_dir, tmp_path):
     assert "comprehensiveness" in result.output
 
 
+def test_evaluate_removal_overrides_the_presets(textcat_dir, tmp_path):
+    """--removal mask: every preset re-scores with [MASK] in place (what ner needs: delete is refused there)."""
+    nlp = spacy.load(textcat_dir)
+    data = tmp_path / "dev.spacy"
+    DocBin(docs=gold_docs(nlp, 6, seed=4), store_user_data=True).to_disk(data)
+    out = tmp_path / "evaluation"
+    result = run("evaluate", textcat_dir, data, "-m", "saliency", "-p", "eraser,iba", "--removal", "mask",
+                 "-o", out, "--n-resamples", 20)
+    assert result.exit_code == 0, result.output
+    protocols = srsly.read_json(out / "results.json")["protocols"]
+    assert {p["name"]: p["removal"] for p in protocols} == {"eraser": "mask", "iba": "mask"}
+
+
 @pytest.mark.parametrize("args,message", [
     (["explain", "{pipeline}", "{tmp}/missing.txt"], "Input file not found"),
     (["explain", "{tmp}/no_pipeline", "some text"], "Cannot load the pipeline"),
@@ -79,6 +92,7 @@ def test_evaluate_writes_json_and_plots(textcat_dir, tmp_path):
     (["explain", "{pipeline}", "some text", "-l", "MAYBE"], "Unknown label(s) ['MAYBE']"),
     (["evaluate", "{pipeline}", "{tmp}/missing.spacy"], "Data file not found"),
     (["evaluate", "{pipeline}", "{tmp}/missing.spacy", "--preset", "aopc"], "Unknown preset(s) ['aopc']"),
+    (["evaluate", "{pipeline}", "{tmp}/missing.spacy", "--removal", "erase"], "removal must be one of"),
 ])
 def test_bad_input_is_one_line_and_exit_code_1(textcat_dir, tmp_path, args, message):
     blank = tmp_path / "blank"

@@ -1,12 +1,13 @@
 """The project's report: one Markdown and one self-contained HTML file (plots embedded, no network).
 
     python scripts/report.py OUTPUT_DIR --evaluation NAME=DIR [--evaluation NAME=DIR …]
-        [--gold dev.spacy --explained attributed.spacy] [--examples 3]
+        [--gold dev.spacy --explained attributed.spacy …] [--examples 3]
 
 Each ``--evaluation`` is a directory written by ``spacy-attrib evaluate`` (``results.json`` and its PNGs),
-named for the report (``sst2``, ``eraser``). With ``--gold`` and ``--explained`` (the same docs, with gold
-cats and with the pipeline's predictions and attributions), the report gives the model's accuracy and
-renders the first ``--examples`` docs for every method.
+named for the report (``sst2``, ``eraser``). Each ``--gold`` is paired, in order, with an ``--explained``
+(the same docs, with gold annotations and with the pipeline's predictions and attributions): the report
+gives the model's accuracy on them (entity F1 for docs with entities and no cats) and renders the first
+``--examples`` docs for every method.
 """
 
 import base64
@@ -52,14 +53,20 @@ def metric_table(results: List[Dict]) -> Tuple[List[str], List[List[str]]]:
     return methods, rows
 
 
-def accuracy(gold_path: Path, explained_path: Path) -> Tuple[float, int]:
+def model_quality(gold_path: Path, explained_path: Path) -> Tuple[str, float, int]:
+    """(measure, value, n): accuracy over docs with gold cats, else entity F1 (spaCy's scorer)."""
+    from spacy.scorer import get_ner_prf
+    from spacy.training import Example
+
     vocab = spacy.blank("en").vocab
     gold = list(DocBin().from_disk(gold_path).get_docs(vocab))
     predicted = list(DocBin().from_disk(explained_path).get_docs(vocab))
     if len(gold) != len(predicted) or any(g.text != p.text for g, p in zip(gold, predicted)):
         msg.fail(f"{gold_path} and {explained_path} do not hold the same docs", exits=1)
     hits = [max(g.cats, key=g.cats.get) == max(p.cats, key=p.cats.get) for g, p in zip(gold, predicted) if g.cats]
-    return sum(hits) / len(hits), len(hits)
+    if hits:
+        return "accuracy", sum(hits) / len(hits), len(hits)
+    return "entity F1", get_ner_prf([Example(p, g) for g, p in zip(gold, predicted)])["ents_f"], len(gold)
 
 
 def markdown_table(header: List[str], rows: List[List[str]]) -> str:
@@ -76,16 +83,18 @@ def html_table(header: List[str], rows: List[List[str]]) -> str:
 
 def main(output: Path = typer.Argument(..., help="Directory for report.md and report.html"),
          evaluation: List[str] = typer.Option(..., "--evaluation", "-e", help="NAME=DIR of a spacy-attrib evaluate run"),
-         gold: Optional[Path] = typer.Option(None, help="DocBin with gold cats"),
-         explained: Optional[Path] = typer.Option(None, help="The same docs, explained (spacy-attrib explain --output)"),
+         gold: List[Path] = typer.Option([], help="DocBin with gold annotations (repeatable, paired with --explained)"),
+         explained: List[Path] = typer.Option([], help="The same docs, explained (spacy-attrib explain --output)"),
          examples: int = typer.Option(3, help="Docs rendered per method")):
+    if len(gold) != len(explained):
+        msg.fail(f"Each --gold needs its --explained: got {len(gold)} and {len(explained)}", exits=1)
     output.mkdir(parents=True, exist_ok=True)
     md = ["# spacy-attrib report", ""]
     body = ["<h1>spacy-attrib report</h1>"]
-    if gold and explained:
-        value, n = accuracy(gold, explained)
-        md += [f"Model accuracy on {gold.name}: **{value:.3f}** (n = {n})", ""]
-        body.append(f"<p>Model accuracy on {html.escape(gold.name)}: <b>{value:.3f}</b> (n = {n})</p>")
+    for gold_path, explained_path in zip(gold, explained):
+        measure, value, n = model_quality(gold_path, explained_path)
+        md += [f"Model {measure} on {gold_path.name}: **{value:.3f}** (n = {n})", ""]
+        body.append(f"<p>Model {measure} on {html.escape(gold_path.name)}: <b>{value:.3f}</b> (n = {n})</p>")
     for name, directory, data in map(load_evaluation, evaluation):
         methods, rows = metric_table(data["results"])
         header = ["protocol", "metric", "n"] + methods
@@ -100,13 +109,14 @@ def main(output: Path = typer.Argument(..., help="Directory for report.md and re
             encoded = base64.b64encode(png.read_bytes()).decode("ascii")
             body.append(f'<p><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{encoded}"></p>')
         md += [f"Conventions: {'; '.join(data['conventions'].values())}.", ""]
-    if explained and examples:
-        docs = list(DocBin().from_disk(explained).get_docs(spacy.blank("en").vocab))[:examples]
+    for explained_path in explained if examples else []:
+        docs = list(DocBin().from_disk(explained_path).get_docs(spacy.blank("en").vocab))[:examples]
         keys = sorted({a.method for doc in docs for a in iter_attributions(doc)})
-        body.append("<h2>Examples</h2>")
+        body.append(f"<h2>Examples: {html.escape(explained_path.name)}</h2>")
         for key in keys:
             body.append(render(docs, key=key, jupyter=False))
-        md += ["## Examples", "", f"Rendered in report.html: the first {len(docs)} docs under {', '.join(keys)}.", ""]
+        md += [f"## Examples: {explained_path.name}", "",
+               f"Rendered in report.html: the first {len(docs)} docs under {', '.join(keys)}.", ""]
     (output / "report.md").write_text("\n".join(md), encoding="utf8")
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>spacy-attrib report</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:13px}"

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import srsly
+from spacy.util import load_config
+from weasel.util import load_project_config
 
 from conftest import make_tiny_bert
 
@@ -37,3 +39,28 @@ def test_demo_workflow_runs_end_to_end(tmp_path):
     assert "Model accuracy" in report
     page = (project / "reports" / "demo" / "report.html").read_text(encoding="utf8")
     assert "data:image/png;base64," in page and "http://" not in page and "https://" not in page
+
+
+def test_configs_declare_one_set_of_attribution_methods():
+    """Every config carries the same attribution components, disabled while training, so that a method added
+    to the library is added to all of them (and the project's steps find it in every trained pipeline)."""
+    declared = {}
+    for path in sorted((ROOT / "configs").glob("*.cfg")):
+        nlp = load_config(path, interpolate=False)["nlp"]
+        methods = [name for name in nlp["pipeline"] if name.startswith("attr_")]
+        assert nlp["disabled"] == methods, path.name
+        declared[path.name] = methods
+    assert len(set(map(tuple, declared.values()))) == 1, declared
+    assert {f"attr_{m}" for m in METHODS} <= set(next(iter(declared.values())))
+
+
+def test_all_workflow_trains_every_config_and_evaluates_what_it_attributes():
+    project = load_project_config(ROOT)
+    commands = {c["name"]: c for c in project["commands"]}
+    steps = project["workflows"]["all"]
+    assert [s.split("-")[0] for s in steps] == ["convert", "train", "attribute", "evaluate", "report"]
+    trained = " ".join(commands["train-all"]["script"])
+    assert all(f"configs/{path.name}" in trained for path in (ROOT / "configs").glob("*.cfg"))
+    for pipeline in commands["train-all"]["outputs"]:
+        assert pipeline in " ".join(commands["attribute-all"]["script"]), pipeline
+        assert pipeline in " ".join(commands["evaluate-all"]["script"]), pipeline

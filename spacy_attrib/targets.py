@@ -34,12 +34,18 @@ class Target:
 def validate_labels(labels: LabelsSetting, available: Sequence[str], head: str) -> None:
     """Fail early, naming the problem, on a `labels` setting the head cannot answer."""
     if isinstance(labels, str):
-        if labels not in ("predicted", "all"):
-            raise ValueError(f"labels must be 'predicted', 'all' or a list of labels, got {labels!r}")
+        if labels not in ("predicted", "all", "last"):
+            raise ValueError(f"labels must be 'predicted', 'all', 'last' or a list of labels, got {labels!r}")
         return
     unknown = [label for label in labels if label not in available]
     if unknown:
         raise ValueError(f"Unknown label(s) {unknown} for component {head!r}; its labels are {list(available)}")
+
+
+def resolve_labels(labels: LabelsSetting, available: Sequence[str]) -> LabelsSetting:
+    """``last`` is the head's last label (Wu & Ong 2021 explain class len(labels) − 1, the most positive
+    class of SST-5, whatever the prediction); the other settings are the heads' own."""
+    return [available[-1]] if labels == "last" else labels
 
 
 def slot_count(targets: Sequence[Sequence[Target]]) -> int:

@@ -49,6 +49,19 @@ def test_labels_setting(textcat_nlp, labels, expected):
     assert set(doc._.attributions["gradient_x_input"]) == expected
 
 
+@pytest.mark.parametrize("fixture,head", [("textcat_nlp", "textcat"), ("tagger_nlp", "tagger")])
+def test_last_label_is_explained_whatever_the_prediction(request, fixture, head):
+    """labels = "last": Wu & Ong's target, the head's last label, on every doc (or token)."""
+    nlp = request.getfixturevalue(fixture)
+    last = nlp.get_pipe(head).labels[-1]
+    texts = ["this movie is very good !", "the plot was dull and slow ."]
+    _, docs = explain(nlp, "attr_gradient_x_input", texts, labels="last")
+    if head == "textcat":
+        assert [set(doc._.attributions["gradient_x_input"]) for doc in docs] == [{last}, {last}]
+    else:
+        assert all(set(token._.attributions["gradient_x_input"]) == {last} for doc in docs for token in doc)
+
+
 def test_all_labels_of_an_exclusive_head_sum_to_zero_in_prob_space(textcat_nlp):
     """With output = prob and two exclusive labels, p(POS) + p(NEG) = 1, so their gradients cancel."""
     _, (doc,) = explain(textcat_nlp, "attr_gradient_x_input", ["the story was warm"], labels="all",

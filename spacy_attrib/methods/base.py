@@ -23,13 +23,13 @@ from spacy.util import ensure_path, minibatch
 from ..align import aggregate
 from ..attribution import Attribution, install_extensions, mark_explained, segments_of, set_attribution
 from ..pairs import pair_segments
-from ..targets import LabelsSetting, Target, slot_count, slot_values
+from ..targets import LabelsSetting, Target, resolve_labels, slot_count, slot_values
 from ..view import DifferentiableView, EncodedBatch, ViewOutput, head_kind_of
 from ..view.guards import register_fork_guard
 
 # Setting types of the factories: spaCy validates them when a component is created (`add_pipe`,
 # `spacy.load`, a training config), so a bad value fails there, naming the setting, not on the first doc.
-Labels = Union[Literal["predicted", "all"], List[str]]
+Labels = Union[Literal["predicted", "all", "last"], List[str]]
 Output = Literal["log_prob", "prob", "logit"]
 Aggregation = Literal["sum", "mean", "max_abs"]
 Site = Union[Literal["embeddings", "word_embeddings"], StrictInt]
@@ -64,7 +64,8 @@ class AttributionComponent(Pipe):
 
     head: the name of the head component to explain (default: the single supported head listening to the
         transformer).
-    labels: ``"predicted"`` (default), ``"all"``, or a list of labels.
+    labels: ``"predicted"`` (default), ``"all"``, ``"last"`` (the head's last label: Wu & Ong's target), or a
+        list of labels.
     output: the attributed output, ``log_prob`` (default), ``prob`` or ``logit``.
     aggregation: wordpiece → token aggregation, ``sum`` (default), ``mean`` or ``max_abs``.
     attribute_at: ``embeddings`` (embedding layer output, default), ``word_embeddings``, or a layer number.
@@ -155,7 +156,7 @@ class AttributionComponent(Pipe):
     # -- helpers for methods ------------------------------------------------------------------------
     def targets(self, output: ViewOutput, batch: EncodedBatch) -> List[List[Target]]:
         """The targets of each doc, read from a forward pass over the docs themselves."""
-        return self.view.targets(batch, output, self.cfg["labels"])
+        return self.view.targets(batch, output, resolve_labels(self.cfg["labels"], self.view.labels))
 
     def maps(self, batch: EncodedBatch, targets: List[List[Target]], output: ViewOutput,
              per_slot: Sequence[torch.Tensor], extras: Optional[Callable[[int, Target], Dict]] = None

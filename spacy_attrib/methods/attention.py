@@ -34,6 +34,7 @@ import torch
 from pydantic import StrictInt
 from spacy.language import Language
 
+from ..align import WordpieceLayout
 from ..targets import Target
 from ..view import EncodedBatch
 from .base import (ASSIGNS, DEFAULT_CONFIG, Aggregation, AttributionComponent, DType, Labels, Output, Site,
@@ -109,29 +110,33 @@ class AttentionMethod(AttributionComponent):
                     for _ in range(max((len(t) for t in targets), default=0))]
         for d, doc_targets in enumerate(targets):
             start, n = batch.row_starts[d], batch.rows[d]
+            real = batch.attention_mask[start:start + n].float()
+            anchored = [t.token is not None or t.span is not None for t in doc_targets]
+            layout = batch.layout(d) if any(anchored) else None
             for slot, target in enumerate(doc_targets):
-                query = self.query(batch, d, target)
+                query = target_query(real, layout, target) if anchored[slot] else self.doc_query(real)
                 per_slot[slot][start:start + n] = torch.einsum("rq,rqk->rk", query, flows[start:start + n])
         return self.maps(batch, targets, output, per_slot)
 
-    def query(self, batch: EncodedBatch, d: int, target: Target) -> torch.Tensor:
-        """The query distribution of `target` in each row of doc `d`, (rows, T) (see the module)."""
-        start, n = batch.row_starts[d], batch.rows[d]
-        real = batch.attention_mask[start:start + n].float()
-        if target.token is None and target.span is None:
-            if self.cfg["query"] == "mean":
-                return real / real.sum(-1, keepdim=True)
-            first = torch.zeros_like(real)
-            first[torch.arange(n), real.argmax(-1)] = 1.0
-            return first
-        layout = batch.layout(d)
-        tokens = [target.token] if target.token is not None else range(*target.span)
-        positions = torch.as_tensor(layout.positions[[p for t in tokens for p in layout.alignment[t]]],
-                                    dtype=torch.long, device=real.device)
-        query = torch.zeros_like(real).view(-1)
-        query[positions] = 1.0
-        query = query.view(n, -1)
-        return query / query.sum(-1, keepdim=True).clamp_min(1.0)
+    def doc_query(self, real: torch.Tensor) -> torch.Tensor:
+        """The query distribution of a doc-level target in each row, (rows, T), from the rows' attention
+        mask: uniform over the real positions (``mean``) or a one-hot on the first of them (``cls``)."""
+        if self.cfg["query"] == "mean":
+            return real / real.sum(-1, keepdim=True)
+        first = torch.zeros_like(real)
+        first[torch.arange(real.shape[0]), real.argmax(-1)] = 1.0
+        return first
+
+
+def target_query(real: torch.Tensor, layout: WordpieceLayout, target: Target) -> torch.Tensor:
+    """The query distribution of a token or span target in each row, (rows, T): uniform over the target's
+    wordpieces in that row, zero in rows that hold none of them."""
+    tokens = [target.token] if target.token is not None else range(*target.span)
+    pieces = [piece for token in tokens for piece in layout.alignment[token]]
+    query = torch.zeros_like(real).view(-1)
+    query[torch.as_tensor(layout.positions[pieces], dtype=torch.long, device=real.device)] = 1.0
+    query = query.view(real.shape)
+    return query / query.sum(-1, keepdim=True).clamp_min(1.0)
 
 
 class RawAttention(AttentionMethod):

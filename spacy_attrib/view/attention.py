@@ -19,7 +19,7 @@ what a method keeps, so memory is bounded by one chunk's attention whatever the 
 """
 
 from contextlib import contextmanager
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -76,10 +76,12 @@ def capturing(hf_model: torch.nn.Module, reduce: Optional[Reduce] = None) -> Ite
     # BertModel (and its kin) keep their own copy of the implementation, read per call to build the mask.
     has_own_copy = hasattr(hf_model, "attn_implementation")
     own_copy = getattr(hf_model, "attn_implementation", None)
-    masks: List[Optional[torch.Tensor]] = []
+    # The mask of the call under way (the view passes it by keyword); a call stopped early, like the
+    # site capture's, is simply overwritten by the next.
+    call: Dict[str, Optional[torch.Tensor]] = {}
 
     def ask_for_attention(module, args, kwargs):
-        masks.append(kwargs.get("attention_mask"))
+        call["attention_mask"] = kwargs.get("attention_mask")
         return args, {**kwargs, "output_attentions": True}
 
     def record(module, args, output):
@@ -87,7 +89,7 @@ def capturing(hf_model: torch.nn.Module, reduce: Optional[Reduce] = None) -> Ite
         if attentions is None:
             raise ValueError(f"{type(module).__name__} returned no attention probabilities with "
                              "output_attentions=True: cannot capture its attention")
-        captured.record(attentions, masks.pop())
+        captured.record(attentions, call.pop("attention_mask", None))
 
     handles = [hf_model.register_forward_pre_hook(ask_for_attention, with_kwargs=True),
                hf_model.register_forward_hook(record)]

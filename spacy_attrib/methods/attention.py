@@ -124,7 +124,7 @@ class AttentionMethod(AttributionComponent):
         if self.cfg["query"] == "mean":
             return real / real.sum(-1, keepdim=True)
         first = torch.zeros_like(real)
-        first[torch.arange(real.shape[0]), real.argmax(-1)] = 1.0
+        first[torch.arange(real.shape[0], device=real.device), real.argmax(-1)] = 1.0
         return first
 
 

@@ -46,7 +46,9 @@ class CapturedAttention:
             attention_mask = torch.ones(first.shape[0], first.shape[-1], device=first.device)
         mask = attention_mask.float()
         real_pairs = mask[:, None, :, None] * mask[:, None, None, :]
-        self.calls.append(self.reduce(tuple(a.detach().float() * real_pairs for a in attentions)))
+        # The hook runs inside the view's autocast (``dtype = bfloat16``): reductions run in float32.
+        with torch.autocast(first.device.type, enabled=False):
+            self.calls.append(self.reduce(tuple(a.detach().float() * real_pairs for a in attentions)))
 
     def values(self, width: Optional[int] = None) -> torch.Tensor:
         """The recorded values of all calls, rows concatenated in call order, the position axes (the last

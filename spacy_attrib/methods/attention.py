@@ -15,15 +15,16 @@ wordpiece scores are q·F for its query distribution q (below).
 
 Query. For doc-level targets (textcat, textcat_multilabel), `query` is ``"cls"`` (a one-hot on the first
 real wordpiece of each row, [CLS] for BERT) or ``"mean"`` (uniform over the row's real positions). spaCy's
-text classifiers do not read [CLS]: their listener mean-pools the token vectors (``reduce_mean``), so every
-position's output reaches the prediction equally, and ``"mean"`` is the default of raw attention and
-rollout. LAT defaults to ``"cls"``, as Wu & Ong trace it. Token and span targets (tagger tokens, ner
+text classifiers do not read [CLS]: they pool the vectors of the doc's tokens (the listener mean-pools each
+token's wordpieces, ``TextCatReduce`` reduces over the tokens), so the outputs of all positions reach the
+prediction alike, and ``"mean"`` is the default of raw attention and rollout. LAT defaults to ``"cls"``, as Wu & Ong trace it. Token and span targets (tagger tokens, ner
 entities, spancat spans) are read from their own wordpieces, so their query is uniform over the target's
 wordpieces in each row, whatever `query` says; a row (window of a long doc) that holds none of them
 gets zeros.
 
 Attention has no target: the scores of a doc's targets differ only by their query, never by their label.
 They are still given once per target, as every method gives them, so that evaluation reads them alike.
+No gradient is taken, so `attribute_at` changes nothing here; `output` only sets the reported output value.
 Every row of a doc gets its own scores (mass 1, or the number of heads for LAT, in each row that holds the
 query); the base merges the windows of a long doc.
 """

@@ -1,8 +1,10 @@
 """Attribution methods, one module per family; each method is a component on `AttributionComponent`."""
 
+from .attention import AttentionRollout, LayerwiseAttentionTracing, RawAttention
 from .base import AttributionComponent
 from .gradient import GradientXInput, Saliency, SmoothGrad
 from .integrated import IntegratedGradients
 from .random import RandomAttribution
 
-__all__ = ["AttributionComponent", "GradientXInput", "IntegratedGradients", "RandomAttribution", "Saliency", "SmoothGrad"]
+__all__ = ["AttributionComponent", "GradientXInput", "IntegratedGradients", "RandomAttribution", "Saliency", "SmoothGrad",
+           "AttentionRollout", "LayerwiseAttentionTracing", "RawAttention"]

@@ -24,7 +24,7 @@ from spacy_transformers.pipeline_component import Transformer
 from thinc.api import Model
 
 from ..targets import LabelsSetting, Target
-from . import guards
+from . import attention, guards
 from .encoding import EncodedBatch, encode
 from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
 from .heads.tagger import TaggerHead
@@ -156,6 +156,15 @@ class DifferentiableView:
     def autocast(self) -> Iterator[None]:
         with self.run.autocast():
             yield
+
+    @contextmanager
+    def capturing_attention(self, reduce: Optional[attention.Reduce] = None) -> Iterator[attention.CapturedAttention]:
+        """The attention probabilities of the forward passes run inside the context (see
+        `spacy_attrib.view.attention`): ``captured.values(batch.width)`` after ``view.forward(batch)`` holds,
+        per row of the pass, every layer's masked attention (rows, layers, heads, T, T), or what `reduce`
+        keeps of each call's attention. The model runs as before outside the context."""
+        with attention.capturing(self.hf_model, reduce) as captured:
+            yield captured
 
     def capture(self, batch: EncodedBatch, input_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The tensor at the attribution site for `input_ids` (default: the batch's own), without grad."""

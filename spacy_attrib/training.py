@@ -15,10 +15,12 @@ Both are registered through the package's ``spacy_misc`` and ``spacy_callbacks``
 import copy
 import importlib.util
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import spacy
 from spacy.language import Language
+from spacy.training import Example
+from spacy.util import dot_to_object
 
 from .methods import AttributionComponent
 
@@ -69,10 +71,21 @@ def create_enable_attribution() -> Callable[[Language], Language]:
     and goes on training with `nlp` itself (``spacy/training/loop.py``), so the callback must not enable
     them in place: every later evaluation would run them. It returns a shallow copy instead, sharing the
     components (and so the weights, also the averaged ones spaCy swaps in while saving) but not the
-    disabled set."""
+    disabled set.
+
+    spaCy does not initialize disabled components either, and the model changes while it trains: an
+    attribution component that fits state from data (`AttributionComponent.fits_state`, e.g. the
+    information bottleneck's statistics) is initialized here, on the weights being saved (spaCy calls
+    the callback with the averaged parameters in place), from the training corpus
+    (``[training] train_corpus``)."""
 
     def enable_attribution(nlp: Language) -> Language:
         attribution = {name for name, pipe in nlp.components if isinstance(pipe, AttributionComponent)}
+        stateful = [pipe for name, pipe in nlp.components if name in attribution and pipe.fits_state]
+        if stateful:
+            get_examples = training_examples(nlp)
+            for pipe in stateful:
+                pipe.initialize(get_examples, nlp=nlp)
         saved = copy.copy(nlp)
         # `_disabled` is private to spaCy (3.8: the set behind `nlp.disabled`, which `enable_pipe`
         # edits in place); the copy gets its own, so the training `nlp` stays as it is. `_config` and
@@ -83,3 +96,11 @@ def create_enable_attribution() -> Callable[[Language], Language]:
         return saved
 
     return enable_attribution
+
+
+def training_examples(nlp: Language) -> Callable[[], Iterable[Example]]:
+    """The training corpus of `nlp`'s own config (``[training] train_corpus``), as `initialize` takes it."""
+    config = nlp.config.interpolate()
+    corpora = spacy.registry.resolve({"corpora": config["corpora"]})
+    corpus = dot_to_object(corpora, config["training"]["train_corpus"])
+    return lambda: corpus(nlp)

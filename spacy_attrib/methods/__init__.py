@@ -2,9 +2,10 @@
 
 from .attention import AttentionRollout, LayerwiseAttentionTracing, RawAttention
 from .base import AttributionComponent
+from .bottleneck import InformationBottleneck
 from .gradient import GradientXInput, Saliency, SmoothGrad
 from .integrated import IntegratedGradients
 from .random import RandomAttribution
 
-__all__ = ["AttributionComponent", "GradientXInput", "IntegratedGradients", "RandomAttribution", "Saliency", "SmoothGrad",
-           "AttentionRollout", "LayerwiseAttentionTracing", "RawAttention"]
+__all__ = ["AttentionRollout", "AttributionComponent", "GradientXInput", "InformationBottleneck", "IntegratedGradients",
+           "LayerwiseAttentionTracing", "RandomAttribution", "RawAttention", "Saliency", "SmoothGrad"]

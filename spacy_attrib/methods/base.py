@@ -80,6 +80,12 @@ class AttributionComponent(Pipe):
     #: whether the method reads gradients (then it cannot see what no gradient reaches; the head says what)
     uses_gradients = False
 
+    @property
+    def fits_state(self) -> bool:
+        """Whether `initialize(get_examples)` fits state from examples (statistics, indexes) that depends on
+        the trained model, so that `spacy train` must fit it again on the model it saves."""
+        return False
+
     def __init__(self, nlp: Language, name: str, *, head: Optional[str], labels: LabelsSetting,
                  output: str, aggregation: str, attribute_at: Union[str, int], batch_size: int,
                  internal_batch_size: int, dtype: str, key: Optional[str], **settings: Any):
@@ -110,12 +116,16 @@ class AttributionComponent(Pipe):
         """The pipeline as a differentiable function, built on first use (the head may be added later)."""
         if self._view is None:
             view = DifferentiableView(self.nlp, self.cfg["head"], output=self.cfg["output"],
-                                      attribute_at=self.cfg["attribute_at"], dtype=self.cfg["dtype"])
+                                      attribute_at=self.attribution_site(), dtype=self.cfg["dtype"])
             if not view.labels:
                 raise ValueError(f"The head {view.head_name!r} has no labels: initialize or train it first")
             view.head.check_labels(self.cfg["labels"])
             self._view = view
         return self._view
+
+    def attribution_site(self) -> Union[str, int]:
+        """The view's attribution site: the `attribute_at` setting (a method may derive it from the model)."""
+        return self.cfg["attribute_at"]
 
     def initialize(self, get_examples: Optional[Callable] = None, *, nlp: Optional[Language] = None) -> None:
         """Check that the pipeline has what the method needs; methods with state also fit it here."""

@@ -28,7 +28,7 @@ from . import attention, guards
 from .encoding import EncodedBatch, encode
 from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
 from .heads.tagger import TaggerHead
-from .transformer import AttributionSite, TransformerRun
+from .transformer import AttributionSite, TransformerRun, encoder_layers
 
 OUTPUTS = ("log_prob", "prob", "logit")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -172,6 +172,13 @@ class DifferentiableView:
         with self.frozen():
             return self.run.capture(self.run.inputs(batch, ids, None))
 
+    def capture_at(self, batch: EncodedBatch, site: AttributionSite) -> torch.Tensor:
+        """The tensor at another `site` than the view's (e.g. a layer's input, ``site = k − 1`` for a view
+        at layer ``k``) for the batch's own ids, without grad."""
+        run = TransformerRun(self.hf_model, site, self.run.dtype, self.run.padding_side)
+        with self.frozen():
+            return run.capture(run.inputs(batch, batch.input_ids, None))
+
     def forward(self, batch: EncodedBatch, inputs: Optional[torch.Tensor] = None, *,
                 doc_index: Optional[Sequence[int]] = None, input_ids: Optional[torch.Tensor] = None,
                 max_rows: Optional[int] = None) -> ViewOutput:
@@ -225,6 +232,11 @@ def find_transformer(nlp: Language) -> Tuple[str, Transformer]:
     return found[0]
 
 
+def encoder_depth(nlp: Language) -> int:
+    """The number of encoder layers of the pipeline's transformer (its weights must be loaded)."""
+    return len(encoder_layers(find_transformer(nlp)[1].model.transformer))
+
+
 def head_kind_of(nlp: Language, name: str) -> Type[Head]:
     """The head kind of the component `name`, with a clear error where there is no such component or its
     kind is not supported."""
@@ -258,4 +270,4 @@ def default_head(nlp: Language, transformer_name: str) -> str:
     raise ValueError(f"Several heads listen to the transformer: {supported}. Choose one with `head`.")
 
 
-__all__ = ["DifferentiableView", "EncodedBatch", "ViewOutput", "SUPPORTED_HEADS", "head_kind_of"]
+__all__ = ["DifferentiableView", "EncodedBatch", "ViewOutput", "SUPPORTED_HEADS", "encoder_depth", "head_kind_of"]

@@ -4,5 +4,6 @@ from .base import AttributionComponent
 from .gradient import GradientXInput, Saliency, SmoothGrad
 from .integrated import IntegratedGradients
 from .random import RandomAttribution
+from .relevance import LayerwiseRelevance
 
-__all__ = ["AttributionComponent", "GradientXInput", "IntegratedGradients", "RandomAttribution", "Saliency", "SmoothGrad"]
+__all__ = ["AttributionComponent", "GradientXInput", "IntegratedGradients", "LayerwiseRelevance", "RandomAttribution", "Saliency", "SmoothGrad"]

@@ -24,7 +24,7 @@ from spacy_transformers.pipeline_component import Transformer
 from thinc.api import Model
 
 from ..targets import LabelsSetting, Target
-from . import guards
+from . import guards, internals
 from .encoding import EncodedBatch, encode
 from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
 from .heads.tagger import TaggerHead
@@ -155,6 +155,14 @@ class DifferentiableView:
     @contextmanager
     def autocast(self) -> Iterator[None]:
         with self.run.autocast():
+            yield
+
+    @contextmanager
+    def detached_nonlinearities(self, parts: Sequence[str] = internals.PARTS) -> Iterator[None]:
+        """Inside the block the transformer's backward pass treats `parts` (``attention`` probabilities,
+        ``layer_norm`` standard deviations, the feed-forward ``activation``) as constants, forward values
+        unchanged: see `spacy_attrib.view.internals`. Hooks are removed on exit."""
+        with internals.detached_nonlinearities(self.hf_model, parts):
             yield
 
     def capture(self, batch: EncodedBatch, input_ids: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -39,12 +39,17 @@ class Architecture:
     activation: within a layer, the feed-forward non-linearity (a module).
     eager_attention_kwargs: keyword arguments of the model's forward that make its attention take the
         explicit (eager) path, where the probabilities exist as a tensor (SDPA fuses them away).
+    block_modules: within a layer, the modules a layer-by-layer relevance rule reads (`recording`): the
+        self-attention and its query/key/value projections, each residual block's dense layer and LayerNorm
+        (``attention_dense``, ``attention_norm``, ``output_dense``, ``output_norm``), the feed-forward
+        ``intermediate`` dense layer.
     """
 
     layers: str
     attention_probs: str
     activation: str
     eager_attention_kwargs: Callable[[torch.nn.Module], Dict[str, torch.Tensor]]
+    block_modules: Dict[str, str]
 
 
 def _unit_head_mask(hf_model: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -55,7 +60,12 @@ def _unit_head_mask(hf_model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {"head_mask": torch.ones((config.num_hidden_layers, config.num_attention_heads), device=device)}
 
 
-_BERT_LIKE = Architecture("encoder.layer", "attention.self.dropout", "intermediate.intermediate_act_fn", _unit_head_mask)
+_BERT_LIKE = Architecture(
+    "encoder.layer", "attention.self.dropout", "intermediate.intermediate_act_fn", _unit_head_mask,
+    {"attention": "attention.self", "query": "attention.self.query", "key": "attention.self.key",
+     "value": "attention.self.value", "attention_dense": "attention.output.dense",
+     "attention_norm": "attention.output.LayerNorm", "intermediate": "intermediate.dense",
+     "output_dense": "output.dense", "output_norm": "output.LayerNorm"})
 ARCHITECTURES: Dict[str, Architecture] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
@@ -73,6 +83,33 @@ def architecture_of(hf_model: torch.nn.Module) -> Architecture:
             "`Architecture` (encoder layers, attention-probability module, feed-forward activation) to "
             "spacy_attrib.view.internals.ARCHITECTURES under its config.model_type.")
     return ARCHITECTURES[model_type]
+
+
+@dataclass
+class Record:
+    """A module's first positional input and its output (the first element of a tuple output) in one pass."""
+
+    module: torch.nn.Module
+    input: torch.Tensor
+    output: torch.Tensor
+
+
+@contextmanager
+def recording(hf_model: torch.nn.Module) -> Iterator[List[Dict[str, Record]]]:
+    """Per encoder layer, the `Architecture.block_modules` of the last forward pass in the block, by role;
+    the tensors stay in the autograd graph. Hooks are removed on exit."""
+    architecture = architecture_of(hf_model)
+    layers = list(submodule(hf_model, architecture.layers))
+    records: List[Dict[str, Record]] = [{} for _ in layers]
+    with ExitStack() as stack:
+        for layer, layer_records in zip(layers, records):
+            for role, path in architecture.block_modules.items():
+                def hook(module, args, output, role=role, layer_records=layer_records):
+                    value = output[0] if isinstance(output, tuple) else output
+                    layer_records[role] = Record(module, args[0], value)
+
+                stack.callback(submodule(layer, path).register_forward_hook(hook).remove)
+        yield records
 
 
 def submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:

@@ -6,6 +6,7 @@ from .bottleneck import InformationBottleneck
 from .gradient import GradientXInput, Saliency, SmoothGrad
 from .integrated import IntegratedGradients
 from .random import RandomAttribution
+from .relevance import LayerwiseRelevance
 
 __all__ = ["AttentionRollout", "AttributionComponent", "GradientXInput", "InformationBottleneck", "IntegratedGradients",
-           "LayerwiseAttentionTracing", "RandomAttribution", "RawAttention", "Saliency", "SmoothGrad"]
+           "LayerwiseAttentionTracing", "LayerwiseRelevance", "RandomAttribution", "RawAttention", "Saliency", "SmoothGrad"]

@@ -24,7 +24,7 @@ from spacy_transformers.pipeline_component import Transformer
 from thinc.api import Model
 
 from ..targets import LabelsSetting, Target
-from . import attention, guards
+from . import attention, guards, internals
 from .encoding import EncodedBatch, encode
 from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
 from .heads.tagger import TaggerHead
@@ -165,6 +165,14 @@ class DifferentiableView:
         keeps of each call's attention. The model runs as before outside the context."""
         with attention.capturing(self.hf_model, reduce) as captured:
             yield captured
+
+    @contextmanager
+    def detached_nonlinearities(self, parts: Sequence[str] = internals.PARTS) -> Iterator[None]:
+        """Inside the block the transformer's backward pass treats `parts` (``attention`` probabilities,
+        ``layer_norm`` standard deviations, the feed-forward ``activation``) as constants, forward values
+        unchanged: see `spacy_attrib.view.internals`. Hooks are removed on exit."""
+        with internals.detached_nonlinearities(self.hf_model, parts):
+            yield
 
     def capture(self, batch: EncodedBatch, input_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The tensor at the attribution site for `input_ids` (default: the batch's own), without grad."""

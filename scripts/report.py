@@ -13,7 +13,7 @@ gives the model's accuracy on them (entity F1 for docs with entities and no cats
 import base64
 import html
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import spacy
 import srsly

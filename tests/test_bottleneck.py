@@ -145,8 +145,14 @@ def test_saved_pipeline_gives_identical_scores(textcat_dir, texts, tmp_path):
 
 
 # -- the method ------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="measured on 40 docs at the paper defaults (layer auto = 2 of 2): the key "
-                   "ranks first in 0.075 (dataset) and 0.50 (reference_code) of docs; see the branch report")
+# An open finding, kept visible: at the paper's defaults the key ranks first in 0.075 (dataset) and 0.50
+# (reference_code) of 40 docs (chance ≈ 0.14). Also measured: β 1 … 100, 30 steps at lr 0.3, layer 1: at most
+# 0.65; on an encoder whose attention outputs are zeroed (no mixing: the key's information stays at its own
+# position) 0.65 at best, the masks closing nearly uniformly once β ≥ 1. spaCy's heads mean-pool every token,
+# so noise at any position moves the pooled vector and the cross-entropy asks to keep every position; the
+# paper's heads read [CLS].
+@pytest.mark.xfail(strict=True, reason="IBA ranks the planted key first in 0.075 (dataset) / 0.50 (reference_code) "
+                   "of docs on a mean-pooled textcat; see the comment above")
 @pytest.mark.parametrize("stats", ["dataset", "reference_code"])
 def test_planted_key_ranks_first(planted_key_nlp, stats):
     """One key token decides the label: IBA ranks it first in at least 80 % of docs (paper defaults)."""

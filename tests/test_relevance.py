@@ -121,14 +121,23 @@ def test_wu_ong_scores_are_non_negative_and_batch_invariant(textcat_nlp):
         numpy.testing.assert_allclose(one.wordpiece_scores, other.wordpiece_scores, rtol=1e-4, atol=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="measured Σ|R|/z_c in 8e-6..1.6e-4: the VJP of LayerNorm sums to ~0 over hidden units "
-                                       "(LN removes the mean), and each linear rule rescales |R_in| to that sum")
-def test_wu_ong_relevance_roughly_conserved(textcat_nlp):
-    """§2.5: Σ_{t,d}|R| at the embeddings against the seeded relevance z_c > 0, within a loose factor of 2."""
+def test_wu_ong_rule_set_does_not_conserve_relevance(textcat_nlp):
+    """§2.5 expected Σ_{t,d}|R| at the embeddings ≈ z_c "up to the ε terms (residual VJPs can break it)". The
+    reference rule set breaks it by orders of magnitude, and this is why: both residual branches receive the
+    VJP of LayerNorm, which sums to 0 over hidden units for any incoming relevance (LayerNorm removes the
+    mean: LN(x + c·1) = LN(x)), and each linear rule then rescales |R_in| to that vanishing signed sum
+    (`rescale_lrp` in frankaging/BERT_LRP's code/util/lrp.py). The rankings stay usable (non-negative,
+    batch-invariant); the totals do not carry z_c."""
+    hf = textcat_nlp.get_pipe("transformer").model.transformer
+    layer_norm = hf.encoder.layer[0].output.LayerNorm
+    x = torch.randn(3, 5, layer_norm.normalized_shape[0], requires_grad=True)
+    relevance = torch.rand(3, 5, layer_norm.normalized_shape[0])
+    (vjp,) = torch.autograd.grad(layer_norm(x), x, grad_outputs=relevance)
+    assert vjp.sum(-1).abs().max() < 1e-5 * vjp.abs().sum(-1).min()
     results = [a for a in wu_ong_results(textcat_nlp, TEXTS) if a.extras["seeded_relevance"] > 0]
     ratios = [a.wordpiece_scores.sum() / a.extras["seeded_relevance"] for a in results]
     logger.warning("Wu & Ong LRP: Σ|R| / z_c in [%.2e, %.2e] over %d targets", min(ratios), max(ratios), len(ratios))
-    assert results and all(0.5 <= ratio <= 2 for ratio in ratios)
+    assert results and all(0 < ratio < 1e-2 for ratio in ratios)
 
 
 def hooks_of(module):

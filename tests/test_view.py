@@ -86,6 +86,39 @@ def test_layer_site(textcat_nlp):
         DifferentiableView(textcat_nlp, attribute_at=3)
 
 
+@pytest.mark.parametrize("layer", [1, 2])
+def test_a_pass_from_a_layer_site_runs_only_the_layers_above_and_equals_the_full_pass(textcat_nlp, layer):
+    """Values given after layer k: the pass starts there (the layers below do not run again) and gives the
+    full pass's outputs and gradients, chunked or not; the encoder is left as it was."""
+    view = DifferentiableView(textcat_nlp, attribute_at=layer)
+    hf = view.hf_model
+    layers, ids = hf.encoder.layer, [id(m) for m in hf.encoder.layer]
+    batch = view.encode([textcat_nlp.make_doc(t) for t in ("the plot was dull and slow .", "a warm , witty film !")])
+    calls = []
+    handles = [m.register_forward_hook(lambda module, args, output, i=i: calls.append(i)) for i, m in enumerate(layers)]
+    try:
+        with view.frozen():
+            noisy = view.capture(batch) + 0.1 * torch.randn(view.capture(batch).shape, generator=torch.Generator().manual_seed(0))
+            results = []
+            for start in (view.run.start_layer, None):
+                view.run.start_layer = start
+                for max_rows in (None, 1):
+                    inputs = noisy.clone().requires_grad_(True)
+                    calls.clear()
+                    scores = view.forward(batch, inputs, max_rows=max_rows).scores
+                    (grad,) = torch.autograd.grad(scores[:, 0, 0].sum(), inputs)
+                    results.append((scores.detach(), grad, sorted(set(calls))))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert view.run.start_layer is None and results[0][2] == list(range(layer, len(layers)))
+    assert results[2][2] == list(range(len(layers)))
+    for scores, grad, _ in results[1:]:
+        torch.testing.assert_close(scores, results[0][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad, results[0][1], atol=1e-5, rtol=1e-4)
+    assert hf.encoder.layer is layers and [id(m) for m in hf.encoder.layer] == ids
+
+
 def test_perturbed_ids_forward(textcat_nlp):
     view = DifferentiableView(textcat_nlp)
     batch = view.encode([textcat_nlp.make_doc("the plot was dull")])

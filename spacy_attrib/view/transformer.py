@@ -34,6 +34,7 @@ class TransformerRun:
                  padding_side: str):
         self.hf_model = hf_model
         self.site = site_module(hf_model, attribute_at)
+        self.start_layer = start_layer(hf_model, attribute_at)
         self.dtype = dtype
         self.padding_side = padding_side
 
@@ -100,6 +101,8 @@ class TransformerRun:
                        ) -> Tuple[torch.Tensor, torch.Tensor]:
         """One transformer pass with `inputs` at the site, or the real values captured there. Returns the
         site's values at `full_width` (the caller's `inputs`, or a new leaf) and the last hidden state."""
+        if inputs is not None and self.start_layer is not None:
+            return inputs, self._run_from_layer(hf_inputs, inputs)
         captured: List[torch.Tensor] = []
 
         def hook(module, args, output):
@@ -122,6 +125,28 @@ class TransformerRun:
         finally:
             handle.remove()
         return captured[0], hidden.float()
+
+    def _run_from_layer(self, hf_inputs: Dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """The last hidden state from given values after encoder layer k: only the layers above k run.
+
+        For the length of the call the embedding layer's output is replaced by the values and the encoder's
+        layer list holds only the layers above k (the attention mask and everything else as in a full
+        pass), so perturbing the hidden states of a late layer (the information bottleneck, integrated
+        gradients at a layer) does not pay for the layers below it again."""
+        container, name, layers = encoder_layer_list(self.hf_model)
+
+        def from_site(module, args, output):
+            return inputs[:, :output.shape[1]].to(output.dtype)
+
+        handle = self.hf_model.embeddings.register_forward_hook(from_site)
+        setattr(container, name, torch.nn.ModuleList(list(layers)[self.start_layer:]))
+        try:
+            with self.autocast():
+                hidden = self.hf_model(**hf_inputs).last_hidden_state
+        finally:
+            setattr(container, name, layers)
+            handle.remove()
+        return hidden.float()
 
     def _run_rows(self, hf_inputs: Dict[str, torch.Tensor], inputs: torch.Tensor, checkpointed: bool) -> torch.Tensor:
         if checkpointed:
@@ -157,13 +182,35 @@ def site_module(hf_model: torch.nn.Module, attribute_at: AttributionSite) -> tor
 
 
 def encoder_layers(hf_model: torch.nn.Module) -> torch.nn.ModuleList:
+    return encoder_layer_list(hf_model)[2]
+
+
+def encoder_layer_list(hf_model: torch.nn.Module) -> Tuple[torch.nn.Module, str, torch.nn.ModuleList]:
+    """(the module holding the encoder's layer list, the attribute's name, the list)."""
     for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
-        module = hf_model
-        for part in path.split("."):
-            module = getattr(module, part, None)
-        if isinstance(module, torch.nn.ModuleList):
-            return module
+        *parents, name = path.split(".")
+        container = hf_model
+        for part in parents:
+            container = getattr(container, part, None)
+        layers = getattr(container, name, None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return container, name, layers
     raise ValueError(f"Cannot find the encoder layers of {type(hf_model).__name__}")
+
+
+# Architectures whose encoder layers take the embedding layer's output as it is (no projection between),
+# so that a pass can start above a layer site (`TransformerRun._run_from_layer`); others run every layer.
+STARTS_ABOVE_LAYERS = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert")
+
+
+def start_layer(hf_model: torch.nn.Module, attribute_at: AttributionSite) -> Optional[int]:
+    """For a site after encoder layer k ≥ 1 of an architecture in `STARTS_ABOVE_LAYERS`: k, where a pass
+    from values at the site starts; else None (the full pass runs, the site's output replaced)."""
+    if not isinstance(attribute_at, int) or isinstance(attribute_at, bool) or attribute_at < 1:
+        return None
+    if getattr(hf_model.config, "model_type", None) not in STARTS_ABOVE_LAYERS or not hasattr(hf_model, "embeddings"):
+        return None
+    return attribute_at
 
 
 def site_value(output) -> torch.Tensor:

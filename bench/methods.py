@@ -1,0 +1,91 @@
+"""Time per doc of every attribution method, as a multiple of one forward pass of the pipeline.
+
+    python bench/methods.py [PIPELINE] [--data FILE] [--n-docs N] [--methods a,b] [--out result.json]
+
+One run, one pipeline, the same docs for every row, so the ratios are comparable (absolute times depend on
+the machine and its load; the ratios much less). PIPELINE is a trained spaCy pipeline with a transformer and a
+head (default: the demo's ``training/demo/model-best``); DATA an SST-2 TSV (default the project's 50-sentence
+dev sample) or a DocBin. Rows:
+
+- ``forward``: ``nlp.pipe`` over the docs with the attribution components disabled (transformer + head
+  predicting), the unit of the ratios;
+- one row per method (default: every ``attr_*`` factory of the library), its component added with default
+  settings and run through its own ``pipe`` over the docs the head has annotated. Methods with state fit it
+  first, on the same docs, outside the clock (``attr_information_bottleneck``'s statistics: reported as
+  ``fit``).
+
+Each row is the best of ``--repeats`` runs (default 2), after a warm-up on two docs.
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import spacy
+import typer
+from spacy.language import Language
+from spacy.tokens import Doc, DocBin
+from spacy.training import Example
+
+from spacy_attrib.corpora import read_sst2
+from spacy_attrib.evaluation import attribution_components
+
+EXCLUDED = {"attr_test_oracle"}
+
+
+def read_docs(nlp: Language, path: Path, n_docs: int) -> List[Doc]:
+    if path.suffix == ".spacy":
+        return list(DocBin().from_disk(path).get_docs(nlp.vocab))[:n_docs]
+    return [nlp.make_doc(doc.text) for doc in read_sst2(path, nlp, limit=n_docs)]
+
+
+def best_of(repeats: int, run) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(pipeline: Path = typer.Argument(Path("training/demo/model-best"), help="A trained pipeline"),
+         data: Path = typer.Option(Path("assets/sst2_demo_dev.tsv"), help="SST-2 TSV or DocBin"),
+         n_docs: int = typer.Option(50, help="Docs timed"),
+         methods: Optional[str] = typer.Option(None, help="Comma-separated factories (default: every attr_*)"),
+         repeats: int = typer.Option(2, help="Runs per row; the best is kept"),
+         out: Optional[Path] = typer.Option(None, help="Write the table as JSON")):
+    nlp = spacy.load(pipeline)
+    for name, _ in attribution_components(nlp):
+        nlp.remove_pipe(name)
+    docs = read_docs(nlp, data, n_docs)
+    factories = ([m if m.startswith("attr_") else f"attr_{m}" for m in methods.split(",")] if methods else
+                 sorted(f for f in Language.factories if f.startswith("attr_") and f not in EXCLUDED))
+    list(nlp.pipe(docs[:2]))
+    forward = best_of(repeats, lambda: list(nlp.pipe([nlp.make_doc(d.text) for d in docs])))
+    annotated = list(nlp.pipe([nlp.make_doc(d.text) for d in docs]))
+    rows = [{"method": "forward", "seconds": forward, "per_doc": forward / len(docs), "ratio": 1.0}]
+    for factory in factories:
+        component = nlp.add_pipe(factory)
+        fit = None
+        if getattr(component, "fits_state", False):
+            start = time.perf_counter()
+            component.initialize(lambda: [Example(d, d) for d in annotated], nlp=nlp)
+            fit = time.perf_counter() - start
+        list(component.pipe(annotated[:2]))
+        seconds = best_of(repeats, lambda: list(component.pipe(annotated)))
+        rows.append({"method": factory, "seconds": seconds, "per_doc": seconds / len(docs),
+                     "ratio": seconds / forward, "fit": fit})
+        nlp.remove_pipe(factory)
+        print(f"{factory:32s} {seconds / len(docs):8.4f} s/doc  {seconds / forward:8.1f} × forward"
+              + (f"  (fit {fit:.1f} s)" if fit is not None else ""), flush=True)
+    wordpieces = sum(len(d._.trf_data.wordpieces.strings[0]) if d._.trf_data else 0 for d in annotated)
+    print(f"\n{len(docs)} docs, {wordpieces} wordpieces; forward {forward / len(docs):.4f} s/doc")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"pipeline": str(pipeline), "data": str(data), "n_docs": len(docs),
+                                   "rows": rows}, indent=2), encoding="utf8")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -22,6 +22,11 @@ WORDS = (
 SUBWORDS = ["##s", "##ly", "##ing", "##ed", "un", "##er"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
+# The attribution methods the project's configs declare, in their order (tests/test_project.py checks that
+# every config declares the same ones).
+CONFIG_METHODS = ("integrated_gradients", "gradient_x_input", "saliency", "smoothgrad", "random", "lrp", "attention",
+                  "attention_rollout", "lat", "information_bottleneck")
+
 POSITIVE = ["good", "great", "wonderful", "warm", "witty", "wise", "fun", "brilliant"]
 NEGATIVE = ["bad", "awful", "terrible", "dull", "boring", "weak", "slow", "mess"]
 NOUNS = ["film", "movie", "plot", "actor", "story"]

@@ -6,8 +6,9 @@
 INPUT is a text, a ``.txt`` file (one doc per line), a ``.jsonl`` file (objects with a ``"text"``) or a
 DocBin (``.spacy``). DATA is a DocBin with gold annotations (``doc.cats``; human rationales in
 ``doc.spans["rationale"]``). Methods are the ``attr_*`` factories, named with or without the prefix;
-methods the pipeline does not have are added after its head. Bad input ends with a one-line error and
-exit code 1.
+methods the pipeline does not have are added after its head. As in spaCy's own commands, any other
+``--section.key value`` overrides the pipeline's config when it is loaded, e.g.
+``--components.attr_saliency.reduction l2_squared``. Bad input ends with a one-line error and exit code 1.
 """
 
 from pathlib import Path
@@ -28,13 +29,29 @@ def split_list(value: Optional[str]) -> List[str]:
     return [item.strip() for item in value.split(",") if item.strip()] if value else []
 
 
-def load_pipeline(pipeline: str) -> Language:
+def load_pipeline(pipeline: str, overrides: Optional[List[str]] = None) -> Language:
+    """The pipeline, its config changed by spaCy-style ``--section.key value`` overrides."""
     import spacy
+    from spacy.cli._util import parse_config_overrides
 
     try:
-        return spacy.load(pipeline)
+        config = parse_config_overrides(list(overrides or []))
+    except SystemExit:
+        raise UsageError(f"Bad config overrides {overrides}: give --section.key value pairs")
+    try:
+        nlp = spacy.load(pipeline, config=config)
     except OSError as error:
         raise UsageError(f"Cannot load the pipeline {pipeline!r}: {str(error).splitlines()[0]}")
+    # spacy.load made (and validated) the components with the overrides, then their from_disk restored
+    # the saved settings: apply the attribution components' overrides again.
+    from .methods import AttributionComponent
+
+    for name, pipe in nlp.components:
+        prefix = f"components.{name}."
+        settings = {key[len(prefix):]: value for key, value in config.items() if key.startswith(prefix)}
+        if settings and isinstance(pipe, AttributionComponent):
+            pipe.update_settings(settings)
+    return nlp
 
 
 def factory_name(method: str) -> str:
@@ -46,7 +63,8 @@ def factory_name(method: str) -> str:
 
 
 def with_methods(nlp: Language, methods: List[str], labels: List[str]) -> List[str]:
-    """Add the methods the pipeline lacks (after its head); the result keys of the chosen methods."""
+    """Add the methods the pipeline lacks (after its head); the chosen methods explain `labels` (default:
+    their own setting). Returns the result keys of the chosen methods."""
     from .evaluation import attribution_components
     from .methods import AttributionComponent
 
@@ -56,12 +74,14 @@ def with_methods(nlp: Language, methods: List[str], labels: List[str]) -> List[s
         factory = factory_name(method)
         key = factory[len("attr_"):]
         if key not in present:
-            config = {"labels": labels} if labels else {}
-            nlp.add_pipe(factory, name=factory, config=config)
+            nlp.add_pipe(factory, name=factory)
         keys.append(key)
     if not keys:
         keys = [pipe.key for _, pipe in attribution_components(nlp)]
+    setting = labels[0] if labels in (["all"], ["predicted"], ["last"]) else labels
     for name, pipe in attribution_components(nlp, keys):
+        if setting:
+            pipe.update_settings({"labels": setting})
         pipe.view  # builds the view now: a pipeline without a transformer or an unknown label fails here
     return keys
 
@@ -86,8 +106,24 @@ def read_input(nlp: Language, source: str) -> Iterator[Doc]:
         yield nlp.make_doc(source)
 
 
+# Extra arguments are spaCy-style config overrides (--components.attr_lrp.rule wu_ong).
+CONFIG_OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
 class UsageError(Exception):
     """Bad input: reported in one line, exit code 1."""
+
+
+def one_line(error: Exception) -> str:
+    """The first line of an error's message; a config validation error's settings and reasons."""
+    from confection import ConfigValidationError
+
+    if isinstance(error, ConfigValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors or [])
+        return f"{error.title or 'Config validation error'} ({error.desc or ''}): {problems}".replace(" ()", "")
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    lines = [line for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def fail_cleanly(function):
@@ -99,19 +135,19 @@ def fail_cleanly(function):
         try:
             return function(*args, **kwargs)
         except (UsageError, ValueError, KeyError, OSError) as error:
-            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-            msg.fail(str(message).splitlines()[0] if message else type(error).__name__, exits=1)
+            msg.fail(one_line(error), exits=1)
 
     return wrapper
 
 
-@app.command()
+@app.command(context_settings=CONFIG_OVERRIDES)
 @fail_cleanly
 def explain(
+    ctx: typer.Context,
     pipeline: str = typer.Argument(..., help="Pipeline: a package name or a directory"),
     source: str = typer.Argument(..., metavar="INPUT", help="A text, a .txt/.jsonl file, or a DocBin (.spacy)"),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Comma-separated methods (default: the pipeline's, else integrated_gradients)"),
-    label: Optional[str] = typer.Option(None, "--label", "-l", help="Comma-separated labels to explain (default: the predicted ones)"),
+    label: Optional[str] = typer.Option(None, "--label", "-l", help="Labels to explain: predicted, all, last or a comma-separated list (default: each method's setting)"),
     html: Optional[Path] = typer.Option(None, "--html", help="Write an HTML page of the explanations"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the explained docs as a DocBin"),
     keep_trf_data: bool = typer.Option(False, "--keep-trf-data", help="Keep doc._.trf_data in --output (large)"),
@@ -122,7 +158,7 @@ def explain(
     from .methods import AttributionComponent
     from .render import render
 
-    nlp = load_pipeline(pipeline)
+    nlp = load_pipeline(pipeline, ctx.args)
     methods = split_list(method)
     if not methods and not any(isinstance(p, AttributionComponent) for _, p in nlp.pipeline):
         methods = ["integrated_gradients"]
@@ -154,15 +190,16 @@ def explain(
         msg.good(f"Wrote {len(docs)} docs to {output}")
 
 
-@app.command()
+@app.command(context_settings=CONFIG_OVERRIDES)
 @fail_cleanly
 def evaluate(
+    ctx: typer.Context,
     pipeline: str = typer.Argument(..., help="Pipeline: a package name or a directory"),
     data: Path = typer.Argument(..., help="DocBin (.spacy) with gold cats and optional doc.spans['rationale']"),
     methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated methods (default: the pipeline's)"),
     preset: str = typer.Option("eraser", "--preset", "-p", help="Comma-separated protocols: eraser, ferret, atanasova, iba, degradation"),
     output: Path = typer.Option(Path("evaluation"), "--output", "-o", help="Directory for results.json and plots"),
-    label: Optional[str] = typer.Option(None, "--label", "-l", help="Labels added methods explain (default: predicted)"),
+    label: Optional[str] = typer.Option(None, "--label", "-l", help="Labels the methods explain: predicted, all, last or a list (default: each method's setting)"),
     random_floor: bool = typer.Option(True, "--random/--no-random", help="Add attr_random as the floor"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N docs"),
     n_resamples: int = typer.Option(1000, "--n-resamples", help="Bootstrap resamples"),
@@ -179,7 +216,7 @@ def evaluate(
     protocols = [PRESETS[p].with_changes(removal=removal) if removal else PRESETS[p] for p in presets]
     if not data.exists():
         raise UsageError(f"Data file not found: {data}")
-    nlp = load_pipeline(pipeline)
+    nlp = load_pipeline(pipeline, ctx.args)
     chosen = split_list(methods)
     if random_floor and chosen and "random" not in chosen:
         chosen.append("random")

@@ -4,6 +4,7 @@ one line and exit code 1, no traceback."""
 import subprocess
 import sys
 
+import numpy
 import pytest
 import spacy
 import srsly
@@ -82,6 +83,26 @@ def test_evaluate_removal_overrides_the_presets(textcat_dir, tmp_path):
     assert result.exit_code == 0, result.output
     protocols = srsly.read_json(out / "results.json")["protocols"]
     assert {p["name"]: p["removal"] for p in protocols} == {"eraser": "mask", "iba": "mask"}
+
+
+def test_config_overrides_and_labels_reach_the_pipelines_own_methods(textcat_dir, tmp_path):
+    """--components.attr_saliency.reduction overrides the saved setting, as in spaCy's commands; --label
+    changes what the pipeline's own components explain."""
+    nlp = spacy.load(textcat_dir)
+    nlp.add_pipe("attr_saliency")
+    nlp.to_disk(tmp_path / "pipeline")
+    scores = {}
+    for reduction in ("l2", "l2_squared"):
+        out = tmp_path / f"{reduction}.spacy"
+        result = run("explain", tmp_path / "pipeline", "the plot was dull and slow .", "-o", out, "-q", "-l", "last",
+                     "--components.attr_saliency.reduction", reduction)
+        assert result.exit_code == 0, result.output
+        (doc,) = DocBin().from_disk(out).get_docs(nlp.vocab)
+        assert list(doc._.attributions["saliency"]) == [nlp.get_pipe("textcat").labels[-1]]
+        scores[reduction] = next(iter(doc._.attributions["saliency"].values())).wordpiece_scores
+    numpy.testing.assert_allclose(scores["l2_squared"], scores["l2"] ** 2, rtol=1e-5)
+    bad = run("explain", tmp_path / "pipeline", "some text", "--components.attr_saliency.reduction", "cubic")
+    assert bad.exit_code == 1 and "reduction" in bad.output and "Traceback" not in bad.output
 
 
 @pytest.mark.parametrize("args,message", [

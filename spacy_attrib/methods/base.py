@@ -127,6 +127,16 @@ class AttributionComponent(Pipe):
         """The view's attribution site: the `attribute_at` setting (a method may derive it from the model)."""
         return self.cfg["attribute_at"]
 
+    def update_settings(self, settings: Dict[str, Any]) -> None:
+        """Change settings of a component already made (e.g. loaded, whose saved settings `from_disk`
+        restored), as a command line applies its overrides; the view is rebuilt (and the labels checked
+        against the head) on next use."""
+        unknown = sorted(set(settings) - set(self.cfg))
+        if unknown:
+            raise ValueError(f"{self.name} has no setting(s) {unknown}; its settings are {sorted(self.cfg)}")
+        self.cfg.update({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in settings.items()})
+        self._view = None
+
     def initialize(self, get_examples: Optional[Callable] = None, *, nlp: Optional[Language] = None) -> None:
         """Check that the pipeline has what the method needs; methods with state also fit it here."""
         self._view = None

@@ -8,8 +8,8 @@ Every faithfulness measure removes a ranked prefix of a doc's tokens and re-scor
 - AOPC: the mean over the protocol's points (÷ their number, as ERASER's scorer does);
 - degradation: ``p(x \\ top_k)`` (MoRF) and ``p(x \\ bottom_k)`` (LeRF) curves over the points, with
   accuracy, and the area between them (trapezoid over [0] + points; higher = better ranking);
-- ``f1_auc``: Atanasova et al.'s faithfulness, the area under (points masked, the dataset's macro-F1)
-  (lower = more faithful).
+- ``f1_auc``: Atanasova et al.'s faithfulness, the area under (share or number masked, the dataset's
+  macro-F1) (lower = more faithful).
 
 `p` is the probability of the explained label (for an entity, of its transitions), read through the
 pipeline. Tokens are spaCy tokens with wordpieces, the target's own token or span excepted. A protocol's

@@ -13,9 +13,9 @@ text. Strategies (``REMOVALS``):
   deletion changes: delete is refused for ner, use ``mask`` or ``unk``.
 - ``mask`` / ``unk`` / ``pad``: the wordpieces of removed tokens become ``[MASK]`` / ``[UNK]`` / the pad id
   in the doc's own rows (``mask``: Atanasova et al.'s protocol; ``pad``: Wu & Ong's, the attention mask
-  staying 1 on the replaced wordpieces, so the model attends to [PAD] embeddings it never saw in
-  training); the doc's layout and the head's plan (the ner's path, spancat's suggested spans) stay those
-  of the clean doc.
+  staying 1 on the replaced wordpieces, so the model attends to the [PAD] embedding that padding otherwise
+  hides); the doc's layout and the head's plan (the ner's path, spancat's suggested spans) stay those of
+  the clean doc.
 
 Docs are encoded in groups of `batch_size` sorted by length, and transformer rows run at most `max_rows`
 at a time, so memory stays bounded on long docs and many requests.

@@ -197,7 +197,7 @@ def evaluate(
     pipeline: str = typer.Argument(..., help="Pipeline: a package name or a directory"),
     data: Path = typer.Argument(..., help="DocBin (.spacy) with gold cats and optional doc.spans['rationale']"),
     methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated methods (default: the pipeline's)"),
-    preset: str = typer.Option("eraser", "--preset", "-p", help="Comma-separated protocols: eraser, ferret, atanasova, iba, degradation"),
+    preset: str = typer.Option("eraser", "--preset", "-p", help="Comma-separated protocols: eraser, ferret, atanasova, iba, degradation, wu_ong"),
     output: Path = typer.Option(Path("evaluation"), "--output", "-o", help="Directory for results.json and plots"),
     label: Optional[str] = typer.Option(None, "--label", "-l", help="Labels the methods explain: predicted, all, last or a list (default: each method's setting)"),
     random_floor: bool = typer.Option(True, "--random/--no-random", help="Add attr_random as the floor"),

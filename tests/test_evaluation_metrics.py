@@ -11,7 +11,7 @@ import spacy
 from spacy_attrib.attribution import Attribution, install_extensions, set_attribution
 from spacy_attrib.evaluation.diagnostics import (confidence_features, confidence_indication, dataset_consistency,
                                                  rationale_consistency, similar_pairs)
-from spacy_attrib.evaluation.faithfulness import Case, measure, ranking, removals
+from spacy_attrib.evaluation.faithfulness import Case, measure, ranking, removals, select
 from spacy_attrib.evaluation.plausibility import plausibility, rationale_mask
 from spacy_attrib.evaluation.protocols import PRESETS, Protocol, get_protocol
 from spacy_attrib.evaluation.removal import Score
@@ -201,6 +201,68 @@ def test_invalid_protocols_raise(changes):
         PRESETS["eraser"].with_changes(**changes)
 
 
+def test_wu_ong_preset_is_their_word_deletion():
+    wu_ong = PRESETS["wu_ong"]
+    assert (wu_ong.removal, wu_ong.measures, wu_ong.fractions) == ("pad", ("degradation",), ())
+    assert wu_ong.counts == wu_ong.points == tuple(range(1, 11))
+    assert (wu_ong.min_tokens, wu_ong.correct_only, wu_ong.target) == (10, True, "explained")
+    assert (wu_ong.axis, wu_ong.axis_label) == ("k", "tokens removed")
+    assert (PRESETS["iba"].axis, PRESETS["iba"].axis_label) == ("fraction", "fraction of tokens removed")
+
+
+def test_counts_select_k_tokens_or_all_of_fewer():
+    p = Protocol("p", "pad", (), "round", ("degradation",), counts=(1, 2, 5, 7))
+    assert [p.k(k, 10) for k in p.points] == [1, 2, 5, 7]
+    assert [p.k(k, 4) for k in p.points] == [1, 2, 4, 4]
+    selections = removals(p, case(SCORES))  # most relevant first: 2, 4, 0, 3, 1
+    assert selections["top"] == [(2,), (2, 4), (0, 1, 2, 3, 4), (0, 1, 2, 3, 4)]
+    assert selections["bottom"] == [(1,), (1, 3), (0, 1, 2, 3, 4), (0, 1, 2, 3, 4)]
+    protected = removals(p.with_changes(measures=("sufficiency",)), case(SCORES, removable=[0, 1, 3]))
+    assert protected["top"] == [(0,), (0, 3), (0, 1, 3), (0, 1, 3)]
+    assert protected["keep"] == [(1, 3), (1,), (), ()]
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"counts": (1, 2)}, "either fractions or counts"),  # eraser has fractions already
+    ({"fractions": (), "counts": ()}, "either fractions or counts"),
+    ({"fractions": (), "counts": (2, 1)}, "counts must be increasing"),
+    ({"fractions": (), "counts": (1, 1)}, "counts must be increasing"),
+    ({"fractions": (), "counts": (-1, 1)}, "counts must be increasing whole numbers"),
+    ({"fractions": (), "counts": (0.5, 1)}, "counts must be increasing whole numbers"),
+    ({"fractions": (), "counts": (True,)}, "counts must be increasing whole numbers"),
+    ({"min_tokens": -1}, "min_tokens must be a whole number"), ({"min_tokens": 2.5}, "min_tokens"),
+    ({"correct_only": "yes"}, "correct_only must be True or False")])
+def test_invalid_counts_and_filters_raise(changes, message):
+    with pytest.raises(ValueError, match=message):
+        PRESETS["eraser"].with_changes(**changes)
+
+
+def test_min_tokens_keeps_cases_with_that_many_removable_tokens():
+    cases = [case([0.0] * n, d=d) for d, n in enumerate([3, 10, 9, 12, 10])]
+    cases.append(case([0.0] * 12, removable=range(9), d=5))  # 12 tokens, but its target protects 3
+    p = PRESETS["wu_ong"].with_changes(correct_only=False)
+    assert [c.d for c in select(p, cases, decide=None)] == [1, 3, 4]
+    assert [c.d for c in select(p.with_changes(min_tokens=0), cases, decide=None)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_correct_only_keeps_cases_whose_clean_decision_is_gold():
+    cases = [case([0.0] * 10, reference=r, d=d) for d, r in enumerate([0, 1, 1, 0, 1])]
+    cases.append(case([0.0] * 4, reference=1, d=5))  # too short: dropped before any decision is asked
+    for c in cases:
+        c.gold = True
+    asked = []
+
+    def decide(chosen):
+        asked.append([c.d for c in chosen])
+        return [{0: 0, 1: 0, 2: 1, 3: 1, 4: 1}[c.d] for c in chosen]  # wrong on docs 1 and 3
+
+    assert [c.d for c in select(PRESETS["wu_ong"], cases, decide)] == [0, 2, 4]
+    assert asked == [[0, 1, 2, 3, 4]]  # once, for every case at once
+    cases[2].gold = False  # e.g. a doc given already explained: its reference is the prediction
+    with pytest.raises(ValueError, match="1 of 5 cases of 'm' have no gold decision"):
+        select(PRESETS["wu_ong"], cases, decide)
+
+
 def test_unknown_protocol_error_names_the_presets():
     assert get_protocol("eraser") is PRESETS["eraser"]
     with pytest.raises(ValueError, match="nope.*eraser, ferret, atanasova, iba, degradation"):
@@ -282,6 +344,22 @@ def test_degradation_curves_and_area_between_by_hand():
     # decisions p ≥ .6 against reference 1
     assert morf.curve["accuracy"] == [1, 1, 0, 0, 0, 0]
     assert lerf.curve["accuracy"] == [1, 1, 1, 1, 1, 0]
+
+
+def test_degradation_over_counts_runs_over_k():
+    # the curves of test_degradation_curves_and_area_between_by_hand, at k = 1 … 5 tokens instead of
+    # fractions 1/5 … 1 of 5: the same values, the areas 5 × as wide
+    p = Protocol("p", "pad", (), "round", ("degradation", "comprehensiveness"), counts=(1, 2, 3, 4, 5))
+    results = by_metric(measure(p, "m", [case(SCORES, WEIGHTS, reference=1)], additive))
+    morf, lerf = results["degradation_morf"], results["degradation_lerf"]
+    assert morf.curve["k"] == [0, 1, 2, 3, 4, 5] and "fraction" not in morf.curve
+    assert morf.curve["mean"] == pytest.approx([0.9, 0.7, 0.55, 0.45, 0.45, 0.5])
+    assert lerf.curve["mean"] == pytest.approx([0.9, 0.95, 0.95, 0.85, 0.7, 0.5])
+    assert morf.estimate.value == pytest.approx(5 * 0.57) and lerf.estimate.value == pytest.approx(5 * 0.83)
+    assert results["degradation_area_between"].estimate.value == pytest.approx(5 * (0.83 - 0.57))
+    assert morf.curve["accuracy"] == [1, 1, 0, 0, 0, 0]
+    assert results["comprehensiveness"].curve["k"] == [1, 2, 3, 4, 5]
+    assert results["comprehensiveness"].estimate.value == pytest.approx((0.2 + 0.35 + 0.45 + 0.45 + 0.4) / 5)
 
 
 def test_oracle_ranking_beats_reversed_ranking():

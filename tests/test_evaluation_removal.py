@@ -1,6 +1,7 @@
 """Re-scoring with tokens removed, checked against the pipeline itself: deleting tokens scores what
-`nlp` predicts on the shortened text, masking what it predicts with [MASK] in their place; batching does
-not change a score; targets of tokens and spans move with deletion; ner refuses deletion."""
+`nlp` predicts on the shortened text, masking (or [UNK], or [PAD] attended to) what it predicts with that
+token in their place; batching does not change a score; targets of tokens and spans move with deletion;
+ner refuses deletion."""
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ def test_delete_scores_what_the_pipeline_predicts_on_the_kept_text(textcat_nlp):
         assert score.decision == ("POS", "NEG").index(max(expected, key=expected.get))
 
 
-@pytest.mark.parametrize("removal,token", [("mask", "[MASK]"), ("unk", "[UNK]")])
+@pytest.mark.parametrize("removal,token", [("mask", "[MASK]"), ("unk", "[UNK]"), ("pad", "[PAD]")])
 def test_mask_and_unk_score_the_pipeline_with_the_special_token_in_place(textcat_nlp, removal, token):
     docs = list(textcat_nlp.pipe(TEXTS))
     requests = [Removal(d, removed, "POS") for d in range(len(docs)) for removed in ((), (2,), (1, 3))]
@@ -40,6 +41,33 @@ def test_mask_and_unk_score_the_pipeline_with_the_special_token_in_place(textcat
         replaced = [token if t.i in request.removed else t.text for t in docs[request.d]]
         expected = textcat_nlp(words_doc(textcat_nlp, replaced)).cats["POS"]
         assert score.value == pytest.approx(expected, abs=1e-5)
+
+
+def test_pad_keeps_the_attention_mask_on_the_pad_ids(textcat_nlp):
+    # Wu & Ong's deletion: the [PAD] id where the removed wordpieces were, still attended to. The text
+    # "[PAD]" is read by the tokenizer as that id with mask 1, so the comparison above is the same input.
+    doc = textcat_nlp(words_doc(textcat_nlp, ["this", "[PAD]", "is", "[PAD]", "good", "!"]))
+    view = DifferentiableView(textcat_nlp, output="prob")
+    batch = view.encode([doc])
+    pads = batch.input_ids == view.tokenizer.pad_token_id
+    assert int(pads.sum()) == 2 and bool((batch.attention_mask[pads] == 1).all())
+    docs = list(textcat_nlp.pipe(TEXTS))
+    requests = [Removal(d, (1, 2), "POS") for d in range(len(docs))]
+    padded = Rescorer(textcat_nlp, removal="pad").score(docs, requests)
+    masked = Rescorer(textcat_nlp, removal="mask").score(docs, requests)
+    assert all(abs(p.value - m.value) > 1e-4 for p, m in zip(padded, masked))  # a replacement of its own
+
+
+def test_a_tokenizer_without_a_pad_token_cannot_pad(textcat_nlp):
+    tokenizer = DifferentiableView(textcat_nlp).tokenizer
+    pad_token, tokenizer.pad_token = tokenizer.pad_token, None  # (the tokenizer's own setter, restored below)
+    try:
+        with pytest.raises(ValueError, match="removal 'pad' needs the tokenizer's pad token.*has no pad token"):
+            Rescorer(textcat_nlp, removal="pad")
+        Rescorer(textcat_nlp, removal="mask")  # the other strategies do not need it
+    finally:
+        tokenizer.pad_token = pad_token
+    assert Rescorer(textcat_nlp, removal="pad").replacement == tokenizer.pad_token_id == 0
 
 
 @pytest.mark.parametrize("removal", ["delete", "mask"])

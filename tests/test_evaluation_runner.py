@@ -21,15 +21,21 @@ def by_metric(report, method, protocol=None):
 
 
 @pytest.fixture(scope="module")
-def keyword_report(keyword_nlp):
+def keyword_methods(keyword_nlp):
+    """keyword_nlp with the keyword oracle and the random floor, for this module's reports."""
     for name in ("attr_test_oracle", "attr_random"):
         keyword_nlp.add_pipe(name)
     try:
-        yield evaluate(keyword_nlp, gold_docs(keyword_nlp, 40, seed=5), protocols=["eraser", "degradation"],
-                       n_resamples=300)
+        yield keyword_nlp
     finally:
         for name in ("attr_test_oracle", "attr_random"):
             keyword_nlp.remove_pipe(name)
+
+
+@pytest.fixture(scope="module")
+def keyword_report(keyword_methods):
+    return evaluate(keyword_methods, gold_docs(keyword_methods, 40, seed=5), protocols=["eraser", "degradation"],
+                    n_resamples=300)
 
 
 def test_a_perfect_explanation_beats_random_and_suffices(keyword_report):
@@ -192,3 +198,61 @@ def test_a_spacy_corpus_of_examples_is_evaluated_against_its_gold(textcat_nlp):
     gold = [max(e.reference.cats, key=e.reference.cats.get) for e in examples]
     assert curve["accuracy"][0] == pytest.approx(sum(p == g for p, g in zip(predicted, gold)) / len(gold))
     assert len(examples) == 5
+
+
+# -- Wu & Ong's word deletion ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wu_ong_report(keyword_methods):
+    docs = gold_docs(keyword_methods, 80, seed=11)  # 19 of them have 10 tokens (one template of five)
+    return docs, evaluate(keyword_methods, docs, protocols=["wu_ong"], diagnostics=False, n_resamples=300)
+
+
+def test_wu_ong_measures_the_long_correctly_classified_docs(keyword_methods, wu_ong_report):
+    docs, report = wu_ong_report
+    predicted = [max(doc.cats, key=doc.cats.get) for doc in keyword_methods.pipe(d.text for d in docs)]
+    gold = [max(d.cats, key=d.cats.get) for d in docs]
+    expected = sum(len(d) >= 10 and p == g for d, p, g in zip(docs, predicted, gold))  # 19 of 80
+    for method in ("oracle", "random"):
+        morf = next(r for r in report.results if r.method == method and r.metric == "degradation_morf")
+        assert morf.estimate.n == expected >= 15
+        assert morf.curve["k"] == list(range(11)) and len(morf.curve["accuracy"]) == 11
+        assert morf.curve["accuracy"][0] == 1.0  # every kept doc is classified correctly
+
+
+def test_wu_ong_oracle_drops_accuracy_faster_than_random(wu_ong_report, tmp_path):
+    _, report = wu_ong_report
+    accuracy = {r.method: r.curve["accuracy"] for r in report.results if r.metric == "degradation_morf"}
+    # measured: oracle drops .105, .474, .474 at k = 1, 2, 3 (both sentiment words gone at 2); random 0, 0, 0
+    for k in (1, 2, 3):
+        assert 1 - accuracy["oracle"][k] > 1 - accuracy["random"][k]
+    assert 1 - accuracy["oracle"][2] >= 0.3
+    area = by_metric(report, "oracle", "wu_ong")["degradation_area_between"]  # over k: 3.67 [2.73, 4.73]
+    assert area.low > by_metric(report, "random", "wu_ong")["degradation_area_between"].high  # −1.11 [−2.13, −0.12]
+    assert [p.name for p in report.plot(tmp_path)] == ["wu_ong_degradation.png"]
+
+
+def test_protocol_filters_drop_exactly_the_short_and_the_misclassified_docs(textcat_nlp):
+    docs = gold_docs(textcat_nlp, 12, seed=4)
+    for i, doc in enumerate(textcat_nlp.pipe(d.text for d in docs)):
+        label = max(doc.cats, key=doc.cats.get)
+        if i % 3 == 0:  # gold says the opposite: the model is wrong on docs 0, 3, 6, 9
+            label = {"POS": "NEG", "NEG": "POS"}[label]
+        docs[i].cats = {"POS": float(label == "POS"), "NEG": float(label == "NEG")}
+    correct = PRESETS["wu_ong"].with_changes(name="correct", min_tokens=0, counts=(1, 2))
+    long = PRESETS["wu_ong"].with_changes(name="long", min_tokens=7, correct_only=False, counts=(1, 2))
+    textcat_nlp.add_pipe("attr_random")
+    try:
+        report = evaluate(textcat_nlp, docs, protocols=[correct, long], diagnostics=False, n_resamples=20)
+        explained = list(textcat_nlp.pipe(docs))  # their cats are predictions: correct_only cannot judge them
+        with pytest.raises(ValueError, match="12 of 12 cases of 'random' have no gold decision"):
+            evaluate(textcat_nlp, explained, protocols=[correct], diagnostics=False)
+        with pytest.raises(ValueError, match="keeps no case of 'random': none has at least 50 removable tokens"):
+            evaluate(textcat_nlp, docs, protocols=[long.with_changes(min_tokens=50)], diagnostics=False)
+    finally:
+        textcat_nlp.remove_pipe("attr_random")
+    assert by_metric(report, "random", "correct")["degradation_morf"].n == 8
+    morf = next(r for r in report.results if r.protocol == "correct" and r.metric == "degradation_morf")
+    assert morf.curve["accuracy"][0] == 1.0
+    lengths = [len(d) for d in docs]
+    assert by_metric(report, "random", "long")["degradation_morf"].n == sum(n >= 7 for n in lengths)
+    assert 0 < sum(n >= 7 for n in lengths) < len(docs)  # both kinds are there

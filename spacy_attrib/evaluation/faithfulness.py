@@ -1,12 +1,13 @@
 """Faithfulness: comprehensiveness, sufficiency (AOPC), degradation curves and Atanasova's F1 AUC.
 
-`removals(protocol, case)` lists the token sets a protocol removes from a case's doc; the runner scores
-them all at once (`Rescorer`), and `measure(protocol, cases, scores)` turns the scores into estimates. See
-`protocols` for the definitions.
+`select(protocol, cases, decide)` keeps the cases the protocol's filters ask for; `removals(protocol, case)`
+lists the token sets a protocol removes from a case's doc; the runner scores them all at once (`Rescorer`),
+and `measure(protocol, cases, scores)` turns the scores into estimates. See `protocols` for the
+definitions.
 """
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy
 
@@ -39,8 +40,8 @@ class Case:
 
 @dataclass
 class MetricResult:
-    """One row of a results table. `curve`: per-fraction values where the metric has them (``fraction``,
-    ``mean`` and its interval, ``accuracy``, ``macro_f1``)."""
+    """One row of a results table. `curve`: per-point values where the metric has them (the x values under
+    the protocol's `axis`, ``fraction`` or ``k``; ``mean`` and its interval, ``accuracy``, ``macro_f1``)."""
 
     protocol: str
     method: str
@@ -71,8 +72,25 @@ def ranking(case: Case, protocol: Protocol, most_relevant_first: bool = True) ->
     return ranked
 
 
+def select(protocol: Protocol, cases: List[Case], decide: Callable[[List[Case]], Sequence[int]]) -> List[Case]:
+    """The cases the protocol's filters keep: those with at least `min_tokens` removable tokens and, with
+    `correct_only`, those whose clean decision (`decide`, asked once for all of them) equals their gold
+    reference. Cases without a gold reference cannot be judged: `correct_only` raises for them rather than
+    measure predictions against themselves."""
+    kept = [case for case in cases if len(case.removable) >= protocol.min_tokens]
+    if not protocol.correct_only or not kept:
+        return kept
+    unjudged = [case for case in kept if not case.gold]
+    if unjudged:
+        raise ValueError(f"Protocol {protocol.name!r} keeps only targets the model gets right against gold "
+                         f"(correct_only), but {len(unjudged)} of {len(kept)} cases of {unjudged[0].method!r} have "
+                         "no gold decision: docs given already explained carry predictions, not gold (pass the "
+                         "gold docs or Examples instead), and entity and span targets have no decision")
+    return [case for case, decision in zip(kept, decide(kept)) if decision == case.reference]
+
+
 def removals(protocol: Protocol, case: Case) -> Dict[str, List[Selection]]:
-    """Per kind of selection, the removed tokens at each fraction: ``top`` (the k most relevant: for
+    """Per kind of selection, the removed tokens at each point: ``top`` (the k most relevant: for
     comprehensiveness, MoRF, F1 AUC), ``keep`` (all but the k most relevant: sufficiency) and ``bottom``
     (the k least relevant: LeRF)."""
     n = len(case.removable)
@@ -80,8 +98,8 @@ def removals(protocol: Protocol, case: Case) -> Dict[str, List[Selection]]:
     bottom = ranking(case, protocol, most_relevant_first=False)
     result: Dict[str, List[Selection]] = {"top": [], "keep": [], "bottom": []}
     previous = None
-    for fraction in protocol.fractions:
-        k = protocol.k(fraction, n)
+    for point in protocol.points:
+        k = protocol.k(point, n)
         chosen = top[:k]
         if protocol.skip_repeats and (not len(chosen) or (previous is not None and set(chosen) == previous)):
             result["top"].append(None)
@@ -116,7 +134,7 @@ def measure(protocol: Protocol, method: str, cases: List[Case], score_of: ScoreO
     clean = numpy.array([score_of(case, ()).value for case in cases])
 
     def values(kind: str) -> numpy.ndarray:
-        """(cases, fractions) probabilities after each selection; NaN where a bin is left out."""
+        """(cases, points) probabilities after each selection; NaN where a bin is left out."""
         return numpy.array([[numpy.nan if s is None else score_of(case, s).value for s in sel[kind]]
                             for case, sel in zip(cases, selections)])
 
@@ -128,19 +146,19 @@ def measure(protocol: Protocol, method: str, cases: List[Case], score_of: ScoreO
         if len(kept):
             results.append(MetricResult(protocol.name, method, metric, estimate(kept), curve))
 
-    fractions = list(protocol.fractions)
+    points, axis = list(protocol.points), protocol.axis
     for metric, kind in (("comprehensiveness", "top"), ("sufficiency", "keep")):
         if metric in protocol.measures:
             drops = clean[:, None] - values(kind)
-            row(metric, _nanmean(drops, 1), {"fraction": fractions, "mean": _nanmean(drops, 0).tolist()})
+            row(metric, _nanmean(drops, 1), {axis: points, "mean": _nanmean(drops, 0).tolist()})
     if "degradation" in protocol.measures:
-        x = [0.0] + fractions
+        x = [0.0] + points
         curves = {}
         for order, kind in (("morf", "top"), ("lerf", "bottom")):
             probabilities = numpy.concatenate([clean[:, None], values(kind)], 1)
             curves[order] = probabilities
             band = [bootstrap(probabilities[:, i], n_resamples=n_resamples, seed=seed) for i in range(len(x))]
-            curve = {"fraction": x, "mean": [b.value for b in band], "ci_low": [b.low for b in band],
+            curve = {axis: x, "mean": [b.value for b in band], "ci_low": [b.low for b in band],
                      "ci_high": [b.high for b in band]}
             accuracy = _accuracy(cases, selections, kind, score_of)
             if accuracy is not None:
@@ -156,13 +174,13 @@ def measure(protocol: Protocol, method: str, cases: List[Case], score_of: ScoreO
             n_classes = int(decisions.max()) + 1
 
             def f1_auc(rows: numpy.ndarray) -> float:
-                return trapezoid([macro_f1(rows[:, 0], rows[:, 1 + j], n_classes) for j in range(len(fractions))],
-                                 fractions)
+                return trapezoid([macro_f1(rows[:, 0], rows[:, 1 + j], n_classes) for j in range(len(points))],
+                                 points)
 
-            f1 = [macro_f1(decisions[:, 0], decisions[:, 1 + j], n_classes) for j in range(len(fractions))]
+            f1 = [macro_f1(decisions[:, 0], decisions[:, 1 + j], n_classes) for j in range(len(points))]
             results.append(MetricResult(protocol.name, method, "f1_auc",
                                         bootstrap(decisions, f1_auc, n_resamples=n_resamples, seed=seed),
-                                        {"fraction": fractions, "macro_f1": f1}))
+                                        {axis: points, "macro_f1": f1}))
     return results
 
 
@@ -175,7 +193,7 @@ def _nanmean(values: numpy.ndarray, axis: int) -> numpy.ndarray:
 
 
 def _accuracy(cases: List[Case], selections: List[Dict], kind: str, score_of: ScoreOf) -> Optional[List[float]]:
-    """Per fraction (0 first), the share of cases whose decision matches their reference."""
+    """Per point (0 first), the share of cases whose decision matches their reference."""
     judged = [(case, sel) for case, sel in zip(cases, selections) if case.reference is not None]
     if not judged:
         return None

@@ -11,9 +11,11 @@ text. Strategies (``REMOVALS``):
   the empty doc through the head's model (spaCy's components skip empty docs; their models pool nothing).
   The ner's explained output is defined along the predicted path of the doc it was explained on, which
   deletion changes: delete is refused for ner, use ``mask`` or ``unk``.
-- ``mask`` / ``unk``: the wordpieces of removed tokens become ``[MASK]`` / ``[UNK]`` in the doc's own rows
-  (Atanasova et al.'s protocol); the doc's layout and the head's plan (the ner's path, spancat's suggested
-  spans) stay those of the clean doc.
+- ``mask`` / ``unk`` / ``pad``: the wordpieces of removed tokens become ``[MASK]`` / ``[UNK]`` / the pad id
+  in the doc's own rows (``mask``: Atanasova et al.'s protocol; ``pad``: Wu & Ong's, the attention mask
+  staying 1 on the replaced wordpieces, so the model attends to the [PAD] embedding that padding otherwise
+  hides); the doc's layout and the head's plan (the ner's path, spancat's suggested spans) stay those of
+  the clean doc.
 
 Docs are encoded in groups of `batch_size` sorted by length, and transformer rows run at most `max_rows`
 at a time, so memory stays bounded on long docs and many requests.
@@ -30,7 +32,7 @@ from spacy.util import minibatch
 
 from ..view import DifferentiableView, EncodedBatch
 
-REMOVALS = ("delete", "mask", "unk")
+REMOVALS = ("delete", "mask", "unk", "pad")
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,8 @@ class Rescorer:
     """Scores `Removal` requests through the pipeline's transformer and `head`.
 
     nlp: the pipeline; head: the head component (default: the one listening to the transformer);
-    removal: ``delete``, ``mask`` or ``unk``; batch_size: docs encoded together; max_rows: transformer rows
-    per forward pass.
+    removal: ``delete``, ``mask``, ``unk`` or ``pad``; batch_size: docs encoded together; max_rows: transformer
+    rows per forward pass.
     """
 
     def __init__(self, nlp: Language, head: Optional[str] = None, *, removal: str = "delete",
@@ -71,10 +73,19 @@ class Rescorer:
             raise ValueError(f"removal 'delete' is not defined for the ner {self.view.head_name!r}: an entity's output "
                              "is read along the predicted path of the doc it was explained on, which deleting "
                              "tokens changes. Use removal 'mask' or 'unk'.")
+        self.replacement = None if removal == "delete" else self._replacement_id(removal)
         self.removal = removal
         self.batch_size = batch_size
         self.max_rows = max_rows
         self.threshold = decision_threshold(self.view)
+
+    def _replacement_id(self, removal: str) -> int:
+        """The wordpiece id removed tokens become, checked before any doc is scored."""
+        try:
+            return self.view.token_id(removal)
+        except ValueError as error:
+            raise ValueError(f"removal {removal!r} needs the tokenizer's {removal} token: {error}. Use another "
+                             f"removal ({', '.join(r for r in REMOVALS if r != removal)}).") from None
 
     def label_index(self, label: str) -> int:
         if label not in self.view.labels:
@@ -105,9 +116,9 @@ class Rescorer:
             batch = self.view.encode(group_docs)
             self._read(batch, [reduced[i][1] for i in group], doc_index, None, group, scores)
 
-    # -- mask / unk: the doc's own rows with wordpieces replaced --------------------------------------
+    # -- mask / unk / pad: the doc's own rows with wordpieces replaced --------------------------------
     def _score_replaced(self, docs: Sequence[Doc], requests: Sequence[Removal], scores: List) -> None:
-        replacement = self.view.token_id(self.removal)
+        replacement = self.replacement
         by_doc: Dict[int, List[int]] = {}
         for i, request in enumerate(requests):
             by_doc.setdefault(request.d, []).append(i)

@@ -21,9 +21,10 @@ HIGHER_IS_BETTER = {
 }
 CONVENTIONS = {
     "probability": "p is the probability of the explained label (softmax/sigmoid; for an entity, of its transitions)",
-    "aopc": "AOPC = the mean over the protocol's fractions of p(x) − p(x with the selection removed/kept); "
-            "divided by the number of fractions, as ERASER's scorer does",
-    "area": "degradation areas and F1 AUC use the trapezoid over the fraction of removable tokens (0 … 1)",
+    "aopc": "AOPC = the mean over the protocol's fractions (or counts) of p(x) − p(x with the selection "
+            "removed/kept); divided by their number, as ERASER's scorer does",
+    "area": "degradation areas and F1 AUC use the trapezoid over the fraction of removable tokens (0 … 1), or, "
+            "for protocols with counts, over the number of tokens removed (0 … K)",
     "interval": "95 % percentile bootstrap over instances (1000 resamples unless stated), seed 0",
 }
 
@@ -86,11 +87,11 @@ class Report:
                 for r in curves:
                     colour = colours[r.method]
                     style = "-" if r.metric.endswith("morf") else "--"
-                    x, mean = r.curve["fraction"], r.curve["mean"]
+                    x, mean = r.curve[protocol.axis], r.curve["mean"]
                     ax.plot(x, mean, style, color=colour, label=f"{r.method} ({r.metric.rsplit('_', 1)[1].upper()})")
                     if all(v is not None for v in r.curve["ci_low"]):
                         ax.fill_between(x, r.curve["ci_low"], r.curve["ci_high"], color=colour, alpha=0.15)
-                ax.set(xlabel="fraction of tokens removed", ylabel="probability of the explained label",
+                ax.set(xlabel=protocol.axis_label, ylabel="probability of the explained label",
                        title=f"Degradation ({protocol.name}, {protocol.removal})")
                 ax.legend(fontsize=7)
                 written.append(_save(fig, directory / f"{protocol.name}_degradation.png"))

@@ -13,7 +13,7 @@ from ..attribution import USER_DATA_KEY, iter_attributions
 from ..methods.base import AttributionComponent
 from ..view import DifferentiableView
 from .diagnostics import confidence_indication, dataset_consistency, rationale_consistency, similar_pairs
-from .faithfulness import Case, MetricResult, measure, needed, removals
+from .faithfulness import Case, MetricResult, measure, needed, removals, select
 from .plausibility import METRICS as PLAUSIBILITY_METRICS, RATIONALE_KEY, plausibility, rationale_mask
 from .protocols import Protocol, get_protocol
 from .removal import Removal, Rescorer, Score, decision_threshold, removable_tokens
@@ -115,7 +115,9 @@ def evaluate(nlp: Language, corpus: Corpus, *, methods: Optional[Sequence[str]] 
     """Measure the pipeline's attribution components over `corpus` (Docs with gold annotations, e.g. from
     a DocBin; Examples; or docs already explained).
 
-    protocols: presets (``eraser``, ``ferret``, ``atanasova``, ``iba``, ``degradation``) or `Protocol`s.
+    protocols: presets (``eraser``, ``ferret``, ``atanasova``, ``iba``, ``degradation``, ``wu_ong``) or
+    `Protocol`s; a protocol's filters (`min_tokens`, `correct_only`) choose among the cases, and a protocol
+    that keeps none is an error.
     Plausibility is measured where docs carry ``doc.spans[plausibility_key]``. With `diagnostics`, the
     Atanasova et al. properties that one pipeline allows (confidence indication, dataset consistency over
     `n_pairs` similar and dissimilar pairs); `compare_with`, a second pipeline of the same architecture
@@ -138,11 +140,19 @@ def evaluate(nlp: Language, corpus: Corpus, *, methods: Optional[Sequence[str]] 
         if not cases:
             raise ValueError(f"No results of {pipe.key!r} on the docs: nothing to evaluate")
         for protocol in chosen:
+            rescorer = rescorers[head, protocol.removal]
             selected = [c for c in cases if _is_gold_target(c, pipe.view)] if protocol.target == "gold" else cases
             if not selected:
                 raise ValueError(f"Protocol {protocol.name!r} evaluates the gold label, but {pipe.key!r} explained "
                                  "no gold label of the docs (or they have none): set its labels = 'all'")
-            score_of = _score_all(rescorers[head, protocol.removal], docs, selected, protocol, progress)
+            selected = select(protocol, selected, lambda chosen_cases: [
+                score.decision for score in rescorer.score(docs, [_request(c, ()) for c in chosen_cases])])
+            if not selected:
+                wanted = ([f"at least {protocol.min_tokens} removable tokens"] if protocol.min_tokens else []) + (
+                    ["a clean decision that matches gold"] if protocol.correct_only else [])
+                raise ValueError(f"Protocol {protocol.name!r} keeps no case of {pipe.key!r}: none has "
+                                 + " and ".join(wanted))
+            score_of = _score_all(rescorer, docs, selected, protocol, progress)
             results.extend(measure(protocol, pipe.key, selected, score_of, n_resamples=n_resamples, seed=seed))
         results.extend(_plausibility(docs, gold, cases, pipe.key, plausibility_key, n_resamples, seed))
         if pipe.key in seconds:
@@ -167,21 +177,21 @@ def _cases(docs: List[Doc], gold: List[Optional[Doc]], key: str, view: Different
     return cases
 
 
+def _request(case: Case, removed: Tuple[int, ...]) -> Removal:
+    a = case.attribution
+    return Removal(case.d, removed, a.label, a.token, a.span)
+
+
 def _score_all(rescorer: Rescorer, docs: List[Doc], cases: List[Case], protocol: Protocol, progress: bool):
     """Score every removal the protocol needs for `cases` at once; returns a lookup (case, removed) → Score."""
     requests: Dict[Removal, None] = {}
-
-    def request(case: Case, removed: Tuple[int, ...]) -> Removal:
-        a = case.attribution
-        return Removal(case.d, removed, a.label, a.token, a.span)
-
     for case in cases:
-        requests[request(case, ())] = None
+        requests[_request(case, ())] = None
         selections = removals(protocol, case)
         for kind in needed(protocol):
             for removed in selections[kind]:
                 if removed is not None:
-                    requests[request(case, removed)] = None
+                    requests[_request(case, removed)] = None
     keys = list(requests)
     scores: List[Score] = []
     step = max(1, 8 * rescorer.batch_size)
@@ -189,7 +199,7 @@ def _score_all(rescorer: Rescorer, docs: List[Doc], cases: List[Case], protocol:
                       leave=False):
         scores.extend(rescorer.score(docs, keys[start:start + step]))
     found = dict(zip(keys, scores))
-    return lambda case, removed: found[request(case, removed)]
+    return lambda case, removed: found[_request(case, removed)]
 
 
 def _plausibility(docs, gold, cases: List[Case], key: str, rationale_key: str, n_resamples: int,

@@ -204,7 +204,7 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N docs"),
     n_resamples: int = typer.Option(1000, "--n-resamples", help="Bootstrap resamples"),
     batch_size: int = typer.Option(32, "--batch-size", help="Docs scored together"),
-    removal: Optional[str] = typer.Option(None, "--removal", help="Override the presets' removal: delete, mask or unk (ner needs mask or unk)"),
+    removal: Optional[str] = typer.Option(None, "--removal", help="Override the presets' removal: delete, mask, unk or pad (ner needs mask, unk or pad)"),
 ):
     """Evaluate methods over a corpus: results.json (value, 95 % interval, n per metric) and PNG plots."""
     from .evaluation import PRESETS, evaluate as run_evaluation

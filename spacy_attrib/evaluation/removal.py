@@ -72,7 +72,7 @@ class Rescorer:
         if removal == "delete" and "ner" in type(self.view.head).factories:
             raise ValueError(f"removal 'delete' is not defined for the ner {self.view.head_name!r}: an entity's output "
                              "is read along the predicted path of the doc it was explained on, which deleting "
-                             "tokens changes. Use removal 'mask' or 'unk'.")
+                             "tokens changes. Use removal 'mask', 'unk' or 'pad'.")
         self.replacement = None if removal == "delete" else self._replacement_id(removal)
         self.removal = removal
         self.batch_size = batch_size

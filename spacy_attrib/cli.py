@@ -12,7 +12,7 @@ methods the pipeline does not have are added after its head. As in spaCy's own c
 """
 
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import srsly
 import typer
@@ -29,8 +29,13 @@ def split_list(value: Optional[str]) -> List[str]:
     return [item.strip() for item in value.split(",") if item.strip()] if value else []
 
 
-def load_pipeline(pipeline: str, overrides: Optional[List[str]] = None) -> Language:
-    """The pipeline, its config changed by spaCy-style ``--section.key value`` overrides."""
+MethodSettings = Dict[str, Dict[str, Any]]
+
+
+def load_pipeline(pipeline: str, overrides: Optional[List[str]] = None) -> Tuple[Language, MethodSettings]:
+    """The pipeline loaded with spaCy-style ``--section.key value`` overrides, and the overrides of
+    attribution components (``--components.attr_NAME.key``) by component name, which `with_methods` applies:
+    to a component the pipeline has (after its `from_disk` restored the saved settings) or to the one it adds."""
     import spacy
     from spacy.cli._util import parse_config_overrides
 
@@ -38,20 +43,14 @@ def load_pipeline(pipeline: str, overrides: Optional[List[str]] = None) -> Langu
         config = parse_config_overrides(list(overrides or []))
     except SystemExit:
         raise UsageError(f"Bad config overrides {overrides}: give --section.key value pairs")
+    settings: MethodSettings = {}
+    for key in [k for k in config if k.startswith("components.attr_")]:
+        _, name, setting = key.split(".", 2)
+        settings.setdefault(name, {})[setting] = config.pop(key)
     try:
-        nlp = spacy.load(pipeline, config=config)
+        return spacy.load(pipeline, config=config), settings
     except OSError as error:
         raise UsageError(f"Cannot load the pipeline {pipeline!r}: {str(error).splitlines()[0]}")
-    # spacy.load made (and validated) the components with the overrides, then their from_disk restored
-    # the saved settings: apply the attribution components' overrides again.
-    from .methods import AttributionComponent
-
-    for name, pipe in nlp.components:
-        prefix = f"components.{name}."
-        settings = {key[len(prefix):]: value for key, value in config.items() if key.startswith(prefix)}
-        if settings and isinstance(pipe, AttributionComponent):
-            pipe.update_settings(settings)
-    return nlp
 
 
 def factory_name(method: str) -> str:
@@ -62,24 +61,36 @@ def factory_name(method: str) -> str:
     return name
 
 
-def with_methods(nlp: Language, methods: List[str], labels: List[str]) -> List[str]:
+def with_methods(nlp: Language, methods: List[str], labels: List[str], settings: Optional[MethodSettings] = None
+                 ) -> List[str]:
     """Add the methods the pipeline lacks (after its head); the chosen methods explain `labels` (default:
-    their own setting). Returns the result keys of the chosen methods."""
+    their own setting) with `settings` (by component name: `load_pipeline`'s overrides). Returns the result
+    keys of the chosen methods."""
     from .evaluation import attribution_components
     from .methods import AttributionComponent
 
+    settings = settings or {}
     present = {pipe.key for _, pipe in nlp.pipeline if isinstance(pipe, AttributionComponent)}
-    keys = []
+    keys, added = [], set()
     for method in methods:
         factory = factory_name(method)
         key = factory[len("attr_"):]
         if key not in present:
-            nlp.add_pipe(factory, name=factory)
+            nlp.add_pipe(factory, name=factory, config=settings.get(factory, {}))
+            added.add(factory)
         keys.append(key)
     if not keys:
         keys = [pipe.key for _, pipe in attribution_components(nlp)]
+    chosen = attribution_components(nlp, keys)
+    unused = sorted(set(settings) - {name for name, _ in chosen})
+    if unused:
+        raise UsageError(f"Overrides for {unused}, which are not among the chosen methods {keys}")
     setting = labels[0] if labels in (["all"], ["predicted"], ["last"]) else labels
-    for name, pipe in attribution_components(nlp, keys):
+    for name, pipe in chosen:
+        if name in settings and name not in added:
+            # Made from the factory first, so that spaCy validates the settings as at add_pipe.
+            nlp.create_pipe(nlp.get_pipe_meta(name).factory, config=settings[name])
+            pipe.update_settings(settings[name])
         if setting:
             pipe.update_settings({"labels": setting})
         pipe.view  # builds the view now: a pipeline without a transformer or an unknown label fails here
@@ -158,11 +169,11 @@ def explain(
     from .methods import AttributionComponent
     from .render import render
 
-    nlp = load_pipeline(pipeline, ctx.args)
+    nlp, settings = load_pipeline(pipeline, ctx.args)
     methods = split_list(method)
     if not methods and not any(isinstance(p, AttributionComponent) for _, p in nlp.pipeline):
         methods = ["integrated_gradients"]
-    keys = with_methods(nlp, methods, split_list(label))
+    keys = with_methods(nlp, methods, split_list(label), settings)
     disabled = [name for name, pipe in attribution_components(nlp) if pipe.key not in keys]
     inputs = list(read_input(nlp, source))
     if not inputs:
@@ -216,11 +227,11 @@ def evaluate(
     protocols = [PRESETS[p].with_changes(removal=removal) if removal else PRESETS[p] for p in presets]
     if not data.exists():
         raise UsageError(f"Data file not found: {data}")
-    nlp = load_pipeline(pipeline, ctx.args)
+    nlp, settings = load_pipeline(pipeline, ctx.args)
     chosen = split_list(methods)
     if random_floor and chosen and "random" not in chosen:
         chosen.append("random")
-    keys = with_methods(nlp, chosen, split_list(label))
+    keys = with_methods(nlp, chosen, split_list(label), settings)
     if random_floor and "random" not in keys:
         keys += with_methods(nlp, ["random"], split_list(label))
     docs = list(DocBin().from_disk(data).get_docs(nlp.vocab))[:limit]

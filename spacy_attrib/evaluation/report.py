@@ -83,16 +83,21 @@ class Report:
         for protocol in self.protocols:
             curves = [r for r in self.results if r.protocol == protocol.name and r.metric in ("degradation_morf", "degradation_lerf")]
             if curves:
-                fig, ax = plt.subplots(figsize=(6, 4))
+                # The explained label's probability (with its interval band) and the accuracy, side by side.
+                fig, (ax, ax_accuracy) = plt.subplots(1, 2, figsize=(11, 4))
                 for r in curves:
                     colour = colours[r.method]
                     style = "-" if r.metric.endswith("morf") else "--"
                     x, mean = r.curve[protocol.axis], r.curve["mean"]
-                    ax.plot(x, mean, style, color=colour, label=f"{r.method} ({r.metric.rsplit('_', 1)[1].upper()})")
+                    label = f"{r.method} ({r.metric.rsplit('_', 1)[1].upper()})"
+                    ax.plot(x, mean, style, color=colour, label=label)
                     if all(v is not None for v in r.curve["ci_low"]):
                         ax.fill_between(x, r.curve["ci_low"], r.curve["ci_high"], color=colour, alpha=0.15)
+                    if "accuracy" in r.curve:
+                        ax_accuracy.plot(x, r.curve["accuracy"], style, color=colour, label=label)
                 ax.set(xlabel=protocol.axis_label, ylabel="probability of the explained label",
                        title=f"Degradation ({protocol.name}, {protocol.removal})")
+                ax_accuracy.set(xlabel=protocol.axis_label, ylabel="accuracy", title="Accuracy")
                 ax.legend(fontsize=7)
                 written.append(_save(fig, directory / f"{protocol.name}_degradation.png"))
             bars = [r for r in self.results if r.protocol == protocol.name and r.metric in ("comprehensiveness", "sufficiency")]

@@ -84,7 +84,7 @@ class Report:
             curves = [r for r in self.results if r.protocol == protocol.name and r.metric in ("degradation_morf", "degradation_lerf")]
             if curves:
                 # The explained label's probability (with its interval band) and the accuracy, side by side.
-                fig, (ax, ax_accuracy) = plt.subplots(1, 2, figsize=(11, 4))
+                fig, (ax, ax_accuracy) = plt.subplots(1, 2, figsize=(13, 4))
                 for r in curves:
                     colour = colours[r.method]
                     style = "-" if r.metric.endswith("morf") else "--"
@@ -98,7 +98,9 @@ class Report:
                 ax.set(xlabel=protocol.axis_label, ylabel="probability of the explained label",
                        title=f"Degradation ({protocol.name}, {protocol.removal})")
                 ax_accuracy.set(xlabel=protocol.axis_label, ylabel="accuracy", title="Accuracy")
-                ax.legend(fontsize=7)
+                # outside the axes: with ten methods a legend inside hides the curves
+                ax_accuracy.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center left",
+                                   bbox_to_anchor=(1.02, 0.5))
                 written.append(_save(fig, directory / f"{protocol.name}_degradation.png"))
             bars = [r for r in self.results if r.protocol == protocol.name and r.metric in ("comprehensiveness", "sufficiency")]
             if bars:

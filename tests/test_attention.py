@@ -2,6 +2,7 @@
 eager attention, the algorithms give known answers on constructed matrices, the components give the
 algorithms' answers on the captured attention for every head kind, and nothing about the model changes."""
 
+import logging
 import numpy
 import pytest
 import spacy
@@ -67,10 +68,15 @@ def test_captured_attention_is_hugging_face_eager_attention(textcat_nlp, max_row
     assert float(values.permute(0, 3, 1, 2, 4)[~real].abs().max()) == 0.0  # padded query rows
 
 
+def log_filters():
+    return [list(handler.filters) for handler in logging.getLogger("transformers").handlers]
+
+
 def test_capture_leaves_the_model_as_it_was(textcat_nlp):
     view = make_method(textcat_nlp, "attr_attention").view
     hf = view.hf_model
-    before = (hf.config._attn_implementation, hf.attn_implementation, hf.config.output_attentions, all_hooks(hf))
+    before = (hf.config._attn_implementation, hf.attn_implementation, hf.config.output_attentions, all_hooks(hf),
+              log_filters())
     batch = view.encode(list(textcat_nlp.pipe(TEXTS[:1])))
     with view.frozen(), torch.no_grad():
         with view.capturing_attention():
@@ -79,7 +85,7 @@ def test_capture_leaves_the_model_as_it_was(textcat_nlp):
         # Outside the context nothing is captured and the model returns no attention.
         assert hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask).attentions is None
     assert (hf.config._attn_implementation, hf.attn_implementation, hf.config.output_attentions,
-            all_hooks(hf)) == before
+            all_hooks(hf), log_filters()) == before
 
 
 # -- the algorithms on constructed matrices --------------------------------------------------------------

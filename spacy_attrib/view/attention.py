@@ -23,6 +23,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
+from .guards import quiet_eager_fallback
+
 #: one call's attention, a tuple over layers of (rows, heads, T, T), to what a method keeps: a tensor whose
 #: first axis is the rows and whose last two axes are positions (query, key)
 Reduce = Callable[[Sequence[torch.Tensor]], torch.Tensor]
@@ -99,7 +101,8 @@ def capturing(hf_model: torch.nn.Module, reduce: Optional[Reduce] = None) -> Ite
         config._attn_implementation = "eager"
         if has_own_copy:
             hf_model.attn_implementation = "eager"
-        yield captured
+        with quiet_eager_fallback():
+            yield captured
     finally:
         for handle in handles:
             handle.remove()

@@ -5,6 +5,7 @@ dropout), its parameters are out of autograd, the head's dropout is zero and eve
 `grad_factor` is 1; thinc gradients that a head's backprop leaves are removed after each backprop.
 """
 
+import logging
 import os
 from contextlib import contextmanager
 from typing import Iterator
@@ -94,3 +95,23 @@ def thinc_gradients_discarded(model: Model) -> Iterator[None]:
                 if (node.id, name) not in before:
                     # thinc has no public way to drop a gradient; its ParamServer keeps them in `_grads`.
                     node._params._grads.pop((node.id, name), None)
+
+
+class _DropEagerFallbackNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Falling back to the manual attention implementation" not in record.getMessage()
+
+
+@contextmanager
+def quiet_eager_fallback() -> Iterator[None]:
+    """Hide Hugging Face's notice that an SDPA attention module falls back to its eager path: the view asks for
+    that path on purpose (attention capture, detached attention), and the notice would read as a problem."""
+    handlers = logging.getLogger("transformers").handlers
+    notice_filter = _DropEagerFallbackNotice()
+    for handler in handlers:
+        handler.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(notice_filter)

@@ -26,6 +26,8 @@ from typing import Callable, Dict, Iterable, Iterator, List
 
 import torch
 
+from .guards import quiet_eager_fallback
+
 PARTS = ("attention", "layer_norm", "activation")
 
 
@@ -190,4 +192,5 @@ def detached_nonlinearities(hf_model: torch.nn.Module, parts: Iterable[str] = PA
 
             register(hf_model.register_forward_pre_hook(eager, with_kwargs=True))
             register(hf_model.register_forward_hook(check, with_kwargs=True))
-        yield
+        with quiet_eager_fallback():
+            yield

@@ -64,3 +64,39 @@ def test_all_workflow_trains_every_config_and_evaluates_what_it_attributes():
     for pipeline in commands["train-all"]["outputs"]:
         assert pipeline in " ".join(commands["attribute-all"]["script"]), pipeline
         assert pipeline in " ".join(commands["evaluate-all"]["script"]), pipeline
+
+
+def report_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report_script", ROOT / "scripts" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_measures_accuracy_for_cats_and_entity_f1_for_entities(tmp_path):
+    """report.py's model line: accuracy over docs with gold cats; spaCy's entity F1 where there are none."""
+    import spacy
+    from spacy.tokens import DocBin, Span
+
+    nlp = spacy.blank("en")
+    gold, predicted = [nlp("a good film"), nlp("a bad film")], [nlp("a good film"), nlp("a bad film")]
+    for doc, label in zip(gold, ("POS", "NEG")):
+        doc.cats = {"POS": float(label == "POS"), "NEG": float(label == "NEG")}
+    for doc in predicted:
+        doc.cats = {"POS": 0.9, "NEG": 0.1}
+    ents_gold = [nlp("Ann met Bob in Rome"), nlp("Kim saw Lee")]
+    ents_predicted = [nlp("Ann met Bob in Rome"), nlp("Kim saw Lee")]
+    ents_gold[0].ents = [Span(ents_gold[0], 0, 1, "PER"), Span(ents_gold[0], 2, 3, "PER"), Span(ents_gold[0], 4, 5, "LOC")]
+    ents_gold[1].ents = [Span(ents_gold[1], 0, 1, "PER")]
+    ents_predicted[0].ents = [Span(ents_predicted[0], 0, 1, "PER"), Span(ents_predicted[0], 4, 5, "PER")]
+    paths = {}
+    for name, docs in (("gold", gold), ("predicted", predicted), ("ents_gold", ents_gold), ("ents_predicted", ents_predicted)):
+        paths[name] = tmp_path / f"{name}.spacy"
+        DocBin(docs=docs).to_disk(paths[name])
+    module = report_script()
+    assert module.model_quality(paths["gold"], paths["predicted"]) == ("accuracy", 0.5, 2)
+    # predicted: 1 of 2 right; gold: 4 entities -> precision 1/2, recall 1/4, F1 1/3
+    measure, value, n = module.model_quality(paths["ents_gold"], paths["ents_predicted"])
+    assert (measure, n) == ("entity F1", 2) and abs(value - 1 / 3) < 1e-9

@@ -235,6 +235,17 @@ def doc_seed(seed: int, doc: Doc) -> int:
     return seed + zlib.crc32(doc.text.encode("utf8"))
 
 
+def doc_noise(batch: EncodedBatch, d: int, hidden: int, generator: torch.Generator, std: float = 1.0) -> torch.Tensor:
+    """The next sample of N(0, std²) noise for doc `d`'s rows, (rows, T, hidden), from the doc's own generator.
+
+    It is drawn at the doc's own width and zero-padded to the batch's, so that it does not depend on the other
+    docs of the batch (padding positions are masked out of attention anyway)."""
+    start, n = batch.row_starts[d], batch.rows[d]
+    width = int(batch.attention_mask[start:start + n].sum(1).max())
+    scale = torch.full((n, width, hidden), std, device=batch.input_ids.device)
+    return torch.nn.functional.pad(torch.normal(0.0, scale, generator=generator), (0, 0, 0, batch.width - width))
+
+
 def check_choice(setting: str, value: Any, choices: Sequence[Any]) -> None:
     """A clear error for a setting outside its choices."""
     if value not in choices:

@@ -18,7 +18,7 @@ from spacy.tokens import Doc
 
 from ..view import EncodedBatch
 from .base import (ASSIGNS, DEFAULT_CONFIG, Aggregation, AttributionComponent, DType, Labels, Output, Site,
-                   WordpieceMap, doc_seed, instance_chunks, slot_gradients)
+                   WordpieceMap, doc_noise, doc_seed, instance_chunks, slot_gradients)
 
 
 def reduce_hidden(values: torch.Tensor, how: str) -> torch.Tensor:
@@ -80,7 +80,8 @@ class SmoothGrad(AttributionComponent):
             total_sq = [torch.zeros_like(inputs) for _ in range(n_slots)]
             samples = [d for d in range(len(batch.docs)) if targets[d] for _ in range(n_samples)]
             for chunk in instance_chunks(batch, samples, cfg["internal_batch_size"]):
-                noise = torch.cat([self.noise(batch, inputs, d, sigmas[d], generators[d]) for d in chunk.doc_index])
+                noise = torch.cat([doc_noise(batch, d, inputs.shape[-1], generators[d], sigmas[d])
+                                   for d in chunk.doc_index])
                 noisy = (inputs[chunk.rows] + noise).requires_grad_(True)
                 chunk_output = view.forward(batch, noisy, doc_index=chunk.doc_index,
                                             max_rows=cfg["internal_batch_size"])
@@ -107,17 +108,6 @@ class SmoothGrad(AttributionComponent):
 
     def noise_generator(self, doc: Doc, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.noise_seed(doc))
-
-    def noise(self, batch: EncodedBatch, inputs: torch.Tensor, d: int, sigma: float,
-              generator: torch.Generator) -> torch.Tensor:
-        """The next sample of noise N(0, sigma²) for doc `d`, (rows, T, hidden), drawn from the doc's generator.
-
-        It is drawn at the doc's own width and zero-padded to the batch's, so that it does not depend on
-        the other docs of the batch (padding positions are masked out of attention anyway)."""
-        start, n = batch.row_starts[d], batch.rows[d]
-        width = int(batch.attention_mask[start:start + n].sum(1).max())
-        std = torch.full((n, width, inputs.shape[-1]), sigma, device=inputs.device)
-        return torch.nn.functional.pad(torch.normal(0.0, std, generator=generator), (0, 0, 0, inputs.shape[1] - width))
 
 
 Reduction = Literal["l2", "l2_squared", "sum"]

@@ -33,7 +33,7 @@ from spacy.util import ensure_path, minibatch
 from ...targets import Target, slot_count, slot_values
 from ...view import EncodedBatch, encoder_depth
 from ..base import (ASSIGNS, DEFAULT_CONFIG, Aggregation, AttributionComponent, DType, Labels, Output,
-                    WordpieceMap, check_choice, doc_seed, instance_chunks)
+                    WordpieceMap, check_choice, doc_noise, doc_seed, instance_chunks)
 from .bottleneck import bottleneck, capacity
 from .statistics import REFERENCE_STD, BottleneckStatistics, RunningMoments
 
@@ -167,7 +167,7 @@ class InformationBottleneck(AttributionComponent):
             optimizer.zero_grad()
             losses.zero_()
             for chunk in instance_chunks(batch, samples, cfg["internal_batch_size"]):
-                noise = torch.cat([standard_noise(batch, d, r.shape[-1], generators[d]) for d in chunk.doc_index])
+                noise = torch.cat([doc_noise(batch, d, r.shape[-1], generators[d]) for d in chunk.doc_index])
                 mean_rows = mean[chunk.rows] if mean.dim() == 3 else mean
                 values = bottleneck(r[chunk.rows], alpha[chunk.rows], mean_rows, std, noise)
                 chunk_output = self.view.forward(batch, values, doc_index=chunk.doc_index,
@@ -219,15 +219,6 @@ class InformationBottleneck(AttributionComponent):
         statistics = ensure_path(path) / "statistics"
         self.statistics = BottleneckStatistics.from_dict(srsly.read_msgpack(statistics)) if statistics.exists() else None
         return self
-
-
-def standard_noise(batch: EncodedBatch, d: int, hidden: int, generator: torch.Generator) -> torch.Tensor:
-    """The next N(0, 1) sample for doc `d`'s rows, (rows, T, hidden), from the doc's generator: drawn at the
-    doc's own width and zero-padded to the batch's, so that it does not depend on the other docs."""
-    start, n = batch.row_starts[d], batch.rows[d]
-    width = int(batch.attention_mask[start:start + n].sum(1).max())
-    noise = torch.randn((n, width, hidden), generator=generator, device=batch.input_ids.device)
-    return torch.nn.functional.pad(noise, (0, 0, 0, batch.width - width))
 
 
 IBA_CONFIG: Dict[str, Any] = {**{k: v for k, v in DEFAULT_CONFIG.items() if k != "attribute_at"},

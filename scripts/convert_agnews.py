@@ -37,8 +37,9 @@ from typing import List, Optional, Tuple
 
 import spacy
 import typer
-from spacy.tokens import DocBin
 from wasabi import msg
+
+from _convert import require_file, require_limit, write_docs
 
 FORMATS = (".csv", ".tsv")
 
@@ -95,14 +96,12 @@ def main(
     classes_path: Optional[Path] = typer.Option(None, "--classes", help="classes.txt (default: next to the input)"),
     title: bool = typer.Option(False, "--title", help="Put the title before the description (.csv only)"),
 ):
-    if not input_path.is_file():
-        msg.fail(f"AG News file not found: {input_path}", exits=1)
+    require_file(input_path, "AG News")
     if input_path.suffix not in FORMATS:
         msg.fail(f"Unknown AG News format {input_path.suffix!r}: .csv (official) or .tsv (ALPS sample)", exits=1)
     if title and input_path.suffix == ".tsv":
         msg.fail("--title needs the .csv format: the .tsv sample has no titles", exits=1)
-    if limit is not None and limit < 0:
-        msg.fail(f"--limit must be at least 0, not {limit}", exits=1)
+    require_limit(limit)
     classes_path = classes_path or input_path.parent / "classes.txt"
     if not classes_path.is_file():
         msg.fail(f"AG News classes file not found: {classes_path} (give it with --classes)", exits=1)
@@ -120,8 +119,7 @@ def main(
         doc = nlp.make_doc(text)
         doc.cats = {label: float(label == gold) for label in labels}
         docs.append(doc)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    DocBin(docs=docs, store_user_data=True).to_disk(output_path)
+    write_docs(docs, output_path)
     counts = Counter(gold for _, gold in rows)
     msg.good(f"Wrote {len(docs)} docs to {output_path} "
              f"({', '.join(f'{counts[label]} {label}' for label in labels)})")

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from spacy.tokens import DocBin
 from spacy.training.converters import conll_ner_to_docs
 from wasabi import msg
+
+from _convert import require_file, require_limit, write_docs
 
 DOCSTART = "-DOCSTART-"
 SPACY_DELIMITER = "-DOCSTART- -X- O O"  # the only document delimiter conll_ner_to_docs knows
@@ -75,10 +76,8 @@ def main(
     limit: Optional[int] = typer.Option(None, "--limit", "-l", help="Only the first N docs"),
     n_sents: int = typer.Option(10, "--n-sents", "-n", help="Sentences per doc (0: one doc per -DOCSTART- document)"),
 ):
-    if not input_path.is_file():
-        msg.fail(f"CoNLL file not found: {input_path}", exits=1)
-    if limit is not None and limit < 0:
-        msg.fail(f"--limit must be at least 0, not {limit}", exits=1)
+    require_file(input_path, "CoNLL")
+    require_limit(limit)
     if n_sents < 0:
         msg.fail(f"--n-sents must be at least 0, not {n_sents}", exits=1)
     try:
@@ -92,8 +91,7 @@ def main(
     groups = groups[:limit] if limit is not None else groups
     text = "".join(f"{SPACY_DELIMITER}\n\n" + "\n\n".join("\n".join(s) for s in group) + "\n\n" for group in groups)
     docs = list(conll_ner_to_docs(text, n_sents=0, no_print=True)) if groups else []
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    DocBin(docs=docs, store_user_data=True).to_disk(output_path)
+    write_docs(docs, output_path)
     counts = Counter(ent.label_ for doc in docs for ent in doc.ents)
     msg.good(f"Wrote {len(docs)} docs to {output_path} ({sum(len(g) for g in groups)} sentences from "
              f"{len(documents)} document(s); entities: "

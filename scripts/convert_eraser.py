@@ -22,9 +22,9 @@ from typing import Optional
 
 import spacy
 import typer
-from spacy.tokens import DocBin
 from wasabi import msg
 
+from _convert import require_limit, write_docs
 from spacy_attrib.corpora import ERASER_SPLITS, RATIONALE, read_eraser_movies
 
 
@@ -39,14 +39,12 @@ def main(
         msg.fail(f"ERASER Movie Reviews directory not found: {input_dir}", exits=1)
     if split not in ERASER_SPLITS:
         msg.fail(f"Unknown --split {split!r}: {', '.join(ERASER_SPLITS)}", exits=1)
-    if limit is not None and limit < 0:
-        msg.fail(f"--limit must be at least 0, not {limit}", exits=1)
+    require_limit(limit)
     try:
         docs = read_eraser_movies(input_dir, split, spacy.blank("en"), limit=limit, seed=seed)
     except (OSError, ValueError, KeyError) as err:
         msg.fail(f"ERASER {input_dir} ({split}): {err}", exits=1)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    DocBin(docs=docs, store_user_data=True).to_disk(output_path)
+    write_docs(docs, output_path)
     counts = Counter(max(doc.cats, key=doc.cats.get) for doc in docs)
     n_spans = sum(len(doc.spans[RATIONALE]) for doc in docs)
     msg.good(f"Wrote {len(docs)} docs to {output_path} ({counts['POS']} POS, {counts['NEG']} NEG; "

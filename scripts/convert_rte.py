@@ -19,16 +19,15 @@ Language Understanding").
     python scripts/convert_rte.py ../shared/data/rte/train.tsv corpus/rte_train.spacy [--limit 1000 --separator "[SEP]"]
 """
 
-import csv
 from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 import spacy
 import typer
-from spacy.tokens import DocBin
 from wasabi import msg
 
+from _convert import read_tsv, require_file, require_limit, require_separator, write_docs
 from spacy_attrib import make_pair
 
 LABELS = ("entailment", "not_entailment")
@@ -41,14 +40,10 @@ def main(
     limit: Optional[int] = typer.Option(None, "--limit", "-l", help="Only the first N pairs"),
     separator: str = typer.Option("[SEP]", "--separator", help="Token between the two sentences"),
 ):
-    if not input_path.is_file():
-        msg.fail(f"RTE file not found: {input_path}", exits=1)
-    if limit is not None and limit < 0:
-        msg.fail(f"--limit must be at least 0, not {limit}", exits=1)
-    if not separator or len(separator.split()) != 1 or separator != separator.strip():
-        msg.fail(f"--separator must be one token without whitespace, not {separator!r}", exits=1)
-    with input_path.open(encoding="utf8", newline="") as file:
-        rows = list(csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE))
+    require_file(input_path, "RTE")
+    require_limit(limit)
+    require_separator(separator)
+    rows = read_tsv(input_path)
     header = rows[0] if rows else []
     if "sentence1" in header and "label" not in header:
         msg.fail(f"{input_path} has no label column (GLUE's RTE test split is unlabelled): "
@@ -70,8 +65,7 @@ def main(
             msg.fail(f"{input_path} line {number}: {err}", exits=1)
         doc.cats = {label: float(label == row[gold]) for label in LABELS}
         docs.append(doc)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    DocBin(docs=docs, store_user_data=True).to_disk(output_path)
+    write_docs(docs, output_path)
     counts = Counter(max(doc.cats, key=doc.cats.get) for doc in docs)
     msg.good(f"Wrote {len(docs)} pair docs to {output_path} "
              f"({', '.join(f'{counts[label]} {label}' for label in LABELS)})")

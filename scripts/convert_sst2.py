@@ -17,9 +17,9 @@ from typing import Optional
 
 import spacy
 import typer
-from spacy.tokens import DocBin
 from wasabi import msg
 
+from _convert import require_file, require_limit, write_docs
 from spacy_attrib.corpora import read_sst2
 
 
@@ -28,16 +28,13 @@ def main(
     output_path: Path = typer.Argument(..., help="Output .spacy file"),
     limit: Optional[int] = typer.Option(None, "--limit", "-l", help="Only the first N sentences"),
 ):
-    if not input_path.exists():
-        msg.fail(f"SST-2 file not found: {input_path}", exits=1)
-    if limit is not None and limit < 0:
-        msg.fail(f"--limit must be at least 0, not {limit}", exits=1)
+    require_file(input_path, "SST-2")
+    require_limit(limit)
     try:
         docs = read_sst2(input_path, spacy.blank("en"), limit=limit)
     except ValueError as err:
         msg.fail(str(err), exits=1)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    DocBin(docs=docs, store_user_data=True).to_disk(output_path)
+    write_docs(docs, output_path)
     counts = Counter(max(doc.cats, key=doc.cats.get) for doc in docs)
     msg.good(f"Wrote {len(docs)} docs to {output_path} ({counts['POS']} POS, {counts['NEG']} NEG)")
 

@@ -21,15 +21,14 @@ distributed in GLUE (Wang et al., 2018).
     python scripts/convert_stsb.py ../shared/data/stsb/original/sts-test.tsv corpus/stsb_test.spacy
 """
 
-import csv
 from pathlib import Path
 from typing import Optional
 
 import spacy
 import typer
-from spacy.tokens import DocBin
 from wasabi import msg
 
+from _convert import read_tsv, require_file, require_limit, require_separator, write_docs
 from spacy_attrib import make_pair
 
 SIMILARITY = "similarity"
@@ -42,14 +41,10 @@ def main(
     limit: Optional[int] = typer.Option(None, "--limit", "-l", help="Only the first N pairs"),
     separator: str = typer.Option("[SEP]", "--separator", help="Token between the two sentences"),
 ):
-    if not input_path.is_file():
-        msg.fail(f"STS-B file not found: {input_path}", exits=1)
-    if limit is not None and limit < 0:
-        msg.fail(f"--limit must be at least 0, not {limit}", exits=1)
-    if not separator or len(separator.split()) != 1 or separator != separator.strip():
-        msg.fail(f"--separator must be one token without whitespace, not {separator!r}", exits=1)
-    with input_path.open(encoding="utf8", newline="") as file:
-        rows = list(csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE))
+    require_file(input_path, "STS-B")
+    require_limit(limit)
+    require_separator(separator)
+    rows = read_tsv(input_path)
     glue = bool(rows) and rows[0][:1] == ["index"]
     if glue:
         header = rows.pop(0)
@@ -81,8 +76,7 @@ def main(
             msg.fail(f"{input_path} line {number}: {err}", exits=1)
         doc.user_data[SIMILARITY] = value
         docs.append(doc)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    DocBin(docs=docs, store_user_data=True).to_disk(output_path)
+    write_docs(docs, output_path)
     mean = sum(doc.user_data[SIMILARITY] for doc in docs) / max(len(docs), 1)
     msg.good(f"Wrote {len(docs)} pair docs to {output_path}" + (f" (mean similarity {mean:.2f})" if docs else ""))
 

@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import json
 import random
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import List, Tuple
@@ -26,6 +27,9 @@ AGNEWS_LABELS = ["World", "Sports", "Business", "Sci_Tech"]
 
 @lru_cache(maxsize=None)
 def script(name: str):
+    # `python scripts/convert_NAME.py` puts scripts/ on the import path (for its shared _convert.py): so do we
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
     path = ROOT / "scripts" / f"convert_{name}.py"
     spec = importlib.util.spec_from_file_location(f"convert_{name}", path)
     module = importlib.util.module_from_spec(spec)

@@ -103,6 +103,18 @@ def head_config(head: str) -> Dict:
                       "use_reduce_max": False, "use_reduce_mean": True, "tok2vec": LISTENER}}
 
 
+def train(nlp: Language, examples: List[Example], n_epochs: int, rng: random.Random) -> Language:
+    """The fixtures' training loop: initialize, then `n_epochs` passes over `examples` shuffled by `rng`, in
+    updates of 8 at learning rate 3e-3 with dropout 0.1."""
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 3e-3
+    for _ in range(n_epochs):
+        rng.shuffle(examples)
+        for start in range(0, len(examples), 8):
+            nlp.update(examples[start:start + 8], sgd=optimizer, drop=0.1)
+    return nlp
+
+
 def build_pipeline(model_path: Path, head: str, n_epochs: int = 8, seed: int = 0,
                    window: int = 128, stride: int = 96) -> Language:
     """A `transformer` + `head` pipeline trained a few epochs on toy data."""
@@ -123,14 +135,7 @@ def build_pipeline(model_path: Path, head: str, n_epochs: int = 8, seed: int = 0
             annotation = {"cats": {"POS": float(label == "POS"), "NEG": float(label == "NEG"),
                                    "LONG": float(len(doc) > 6)}}
         examples.append(Example.from_dict(doc, annotation))
-    optimizer = nlp.initialize(lambda: examples)
-    optimizer.learn_rate = 3e-3
-    rng = random.Random(seed)
-    for _ in range(n_epochs):
-        rng.shuffle(examples)
-        for start in range(0, len(examples), 8):
-            nlp.update(examples[start:start + 8], sgd=optimizer, drop=0.1)
-    return nlp
+    return train(nlp, examples, n_epochs, random.Random(seed))
 
 
 def spans_of(doc) -> List[Tuple[int, int, str]]:
@@ -196,13 +201,7 @@ def build_ner(model_path: Path, use_upper: bool, n_epochs: int = 15, n_examples:
     for _ in range(n_examples):
         words, tags, _ = trigger_sentence(rng)
         examples.append(Example.from_dict(Doc(nlp.vocab, words=words), {"entities": tags}))
-    optimizer = nlp.initialize(lambda: examples)
-    optimizer.learn_rate = 3e-3
-    for _ in range(n_epochs):
-        rng.shuffle(examples)
-        for start in range(0, len(examples), 8):
-            nlp.update(examples[start:start + 8], sgd=optimizer, drop=0.1)
-    return nlp
+    return train(nlp, examples, n_epochs, rng)
 
 
 @pytest.fixture(scope="session")
@@ -407,14 +406,7 @@ def planted_key_nlp(tiny_bert) -> Language:
     nlp.add_pipe("textcat", config=head_config("textcat"))
     examples = [Example.from_dict(nlp.make_doc(text), {"cats": {"POS": float(label == "POS"), "NEG": float(label == "NEG")}})
                 for text, label, _ in planted_key_texts(96, seed=1)]
-    optimizer = nlp.initialize(lambda: examples)
-    optimizer.learn_rate = 3e-3
-    rng = random.Random(0)
-    for _ in range(12):
-        rng.shuffle(examples)
-        for start in range(0, len(examples), 8):
-            nlp.update(examples[start:start + 8], sgd=optimizer, drop=0.1)
-    return nlp
+    return train(nlp, examples, 12, random.Random(0))
 
 
 @pytest.fixture(scope="session")

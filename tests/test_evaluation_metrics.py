@@ -14,7 +14,7 @@ from spacy_attrib.evaluation.diagnostics import (confidence_features, confidence
 from spacy_attrib.evaluation.faithfulness import Case, measure, ranking, removals, select
 from spacy_attrib.evaluation.plausibility import plausibility, rationale_mask
 from spacy_attrib.evaluation.protocols import PRESETS, Protocol, get_protocol
-from spacy_attrib.evaluation.removal import Score
+from spacy_attrib.removal import Score
 from spacy_attrib.evaluation.statistics import (average_precision, bootstrap, macro_f1, min_max, ranks, spearman,
                                                 trapezoid)
 

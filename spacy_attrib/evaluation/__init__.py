@@ -10,7 +10,7 @@ the diagnostic properties of Atanasova et al. (2020), each with a 95 % bootstrap
 from .faithfulness import Case, MetricResult
 from .plausibility import plausibility, rationale_mask
 from .protocols import PRESETS, Protocol, get_protocol
-from .removal import REMOVALS, Removal, Rescorer
+from ..removal import REMOVALS, Removal, Rescorer
 from .report import Report
 from .runner import attribution_components, evaluate, explain_corpus
 from .statistics import Estimate, bootstrap

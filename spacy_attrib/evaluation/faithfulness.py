@@ -13,7 +13,7 @@ import numpy
 
 from ..attribution import Attribution
 from .protocols import Protocol
-from .removal import Score
+from ..removal import Score
 from .statistics import Estimate, bootstrap, macro_f1, trapezoid
 
 Selection = Optional[Tuple[int, ...]]  # removed tokens; None where a bin is left out (skip_repeats)

@@ -27,7 +27,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Literal, Tuple, Union
 
-from .removal import REMOVALS
+from ..removal import REMOVALS
 
 MEASURES = ("comprehensiveness", "sufficiency", "degradation", "f1_auc")
 COUNTS = {"ceil": math.ceil, "floor": math.floor, "round": lambda x: math.floor(x + 0.5)}

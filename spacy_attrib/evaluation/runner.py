@@ -16,7 +16,7 @@ from .diagnostics import confidence_indication, dataset_consistency, rationale_c
 from .faithfulness import Case, MetricResult, measure, needed, removals, select
 from .plausibility import METRICS as PLAUSIBILITY_METRICS, RATIONALE_KEY, plausibility, rationale_mask
 from .protocols import Protocol, get_protocol
-from .removal import Removal, Rescorer, Score, decision_threshold, removable_tokens
+from ..removal import Removal, Rescorer, Score, decision_threshold, removable_tokens
 from .report import Report
 from .statistics import Estimate, bootstrap
 

@@ -5,8 +5,10 @@ from .base import AttributionComponent
 from .bottleneck import InformationBottleneck
 from .gradient import GradientXInput, Saliency, SmoothGrad
 from .integrated import IntegratedGradients
+from .perturbation import KernelShapAttribution, LimeAttribution, Occlusion, ShapleySampling
 from .random import RandomAttribution
 from .relevance import LayerwiseRelevance
 
 __all__ = ["AttentionRollout", "AttributionComponent", "GradientXInput", "InformationBottleneck", "IntegratedGradients",
-           "LayerwiseAttentionTracing", "LayerwiseRelevance", "RandomAttribution", "RawAttention", "Saliency", "SmoothGrad"]
+           "KernelShapAttribution", "LayerwiseAttentionTracing", "LayerwiseRelevance", "LimeAttribution", "Occlusion",
+           "RandomAttribution", "RawAttention", "Saliency", "ShapleySampling", "SmoothGrad"]

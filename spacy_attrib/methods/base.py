@@ -51,12 +51,16 @@ DEFAULT_CONFIG: Dict[str, Any] = {
 
 @dataclass
 class WordpieceMap:
-    """A method's raw answer for one target of one doc: a score per position of the doc's rows."""
+    """A method's raw answer for one target of one doc: a score per position of the doc's rows, or, for
+    methods whose features are spaCy tokens (perturbation), a score per token (`token_scores`, `scores`
+    None): each wordpiece of a token then carries the token's score, as Captum reports a feature group's
+    attribution on every element of the group, and the `aggregation` setting does not apply."""
 
     target: Target
-    scores: numpy.ndarray  # (rows, T)
+    scores: Optional[numpy.ndarray]  # (rows, T)
     output: float
     extras: Dict[str, Any] = field(default_factory=dict)
+    token_scores: Optional[numpy.ndarray] = None  # (n_tokens,)
 
 
 class AttributionComponent(Pipe):
@@ -198,8 +202,14 @@ class AttributionComponent(Pipe):
         segments = [(name, start, end, [t.text for t in doc[start:end]]) for name, start, end in pair_segments(doc)]
         attributions = []
         for m in maps:
-            wordpiece_scores = m.scores.reshape(-1)[layout.positions].astype("float32")
-            scores = aggregate(wordpiece_scores, layout.alignment, self.cfg["aggregation"])
+            if m.token_scores is None:
+                wordpiece_scores = m.scores.reshape(-1)[layout.positions].astype("float32")
+                scores = aggregate(wordpiece_scores, layout.alignment, self.cfg["aggregation"])
+            else:
+                scores = numpy.asarray(m.token_scores, dtype="float32")
+                wordpiece_scores = numpy.zeros(len(layout.positions), dtype="float32")
+                for token, pieces in enumerate(layout.alignment):
+                    wordpiece_scores[pieces] = scores[token]
             attributions.append(Attribution(
                 method=self.key, label=m.target.label, token=m.target.token, span=m.target.span,
                 scores=scores, wordpieces=layout.strings, wordpiece_scores=wordpiece_scores,

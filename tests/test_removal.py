@@ -8,7 +8,7 @@ import torch
 from spacy.tokens import Doc
 
 from spacy_attrib.evaluation import Removal, Rescorer
-from spacy_attrib.evaluation.removal import reduce_doc, removable_tokens
+from spacy_attrib.removal import reduce_doc, removable_tokens
 from spacy_attrib.view import DifferentiableView
 
 TEXTS = ["the plot was dull and slow .", "this movie is very good !", "it was a really great film , quite fun .",

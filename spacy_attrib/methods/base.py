@@ -186,7 +186,7 @@ class AttributionComponent(Pipe):
              per_slot: Sequence[torch.Tensor], extras: Optional[Callable[[int, Target], Dict]] = None
              ) -> List[List[WordpieceMap]]:
         """Package per-slot wordpiece scores (each (n_rows, T), rows of the docs in order) by doc."""
-        notes = self.view.head.notes if self.uses_gradients else {}
+        notes = self.view.head.notes("gradient") if self.uses_gradients else {}
         result: List[List[WordpieceMap]] = [[] for _ in batch.docs]
         for d, doc_targets in enumerate(targets):
             start, n = batch.row_starts[d], batch.rows[d]

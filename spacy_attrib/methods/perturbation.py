@@ -1,5 +1,7 @@
 """Perturbation attribution: what the prediction does when spaCy tokens are removed. No gradient is taken,
-so these methods also see what gradients do not reach (the bag-of-words branch of an ensemble textcat).
+so with ``delete`` these methods also see what no gradient reaches (the bag-of-words branch of an ensemble
+textcat, which reads spaCy tokens; replacing wordpieces leaves those in place, and results say so in
+``extras["not_attributed"]``).
 
 The features are spaCy tokens: removing one removes all its wordpieces (in every window it is in), with
 the `removal` strategy of `spacy_attrib.removal` (``mask``, ``unk``, ``pad``, or ``delete``: re-tokenize
@@ -68,7 +70,8 @@ class PerturbationMethod(AttributionComponent):
             output = self.view.forward(batch, max_rows=self.cfg["internal_batch_size"])
         targets = self.targets(output, batch)
         scores = self.token_scores(batch, targets, output)
-        extras = {"removal": self.removal()}
+        removal = self.removal()
+        extras = {"removal": removal, **(self.view.head.notes("wordpieces") if removal != "delete" else {})}
         return [[WordpieceMap(target, None, float(output.scores[d, target.position, target.label_index]),
                               dict(extras), token_scores=values)
                  for target, values in zip(targets[d], scores[d])] for d in range(len(batch.docs))]
@@ -160,11 +163,15 @@ class CaptumSampling(PerturbationMethod):
                 # The same draws for every target of the doc: the cache answers all but the first.
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(doc_seed(self.cfg["seed"], doc))
-                    attribution = method.attribute(inputs, baselines=torch.zeros_like(inputs), target=slot,
-                                                   n_samples=self.cfg["n_samples"], perturbations_per_eval=per_eval)
+                    attribution = self.attribute(method, forward, inputs, slot, per_eval)
                 doc_scores.append(attribution[0].numpy().astype("float64"))
             result.append(doc_scores)
         return result
+
+    def attribute(self, method: Any, forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                  slot: int, per_eval: int) -> torch.Tensor:
+        return method.attribute(inputs, baselines=torch.zeros_like(inputs), target=slot,
+                                n_samples=self.cfg["n_samples"], perturbations_per_eval=per_eval)
 
 
 class LimeAttribution(CaptumSampling):
@@ -180,6 +187,14 @@ class ShapleySampling(CaptumSampling):
 class KernelShapAttribution(CaptumSampling):
     method_name = "kernel_shap"
     captum_class = KernelShap
+
+    def attribute(self, method: Any, forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                  slot: int, per_eval: int) -> torch.Tensor:
+        if inputs.shape[1] == 1:
+            # Captum's coalition sampler has no coalition size to draw for one feature (its kernel is 0/0);
+            # the Shapley value it estimates is then exact: f(x) − f(∅).
+            return (forward(inputs) - forward(torch.zeros_like(inputs)))[:, slot:slot + 1]
+        return super().attribute(method, forward, inputs, slot, per_eval)
 
 
 def check_positive(**settings: int) -> None:

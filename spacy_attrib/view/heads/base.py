@@ -51,9 +51,10 @@ class Head:
     def labels(self) -> Tuple[str, ...]:
         return tuple(self.pipe.labels)
 
-    @property
-    def notes(self) -> Dict[str, str]:
-        """What gradient methods should say about what they explain (see the ensemble textcat)."""
+    def notes(self, reaching: str) -> Dict[str, str]:
+        """What a method should say about the parts of the head its perturbations leave alone: `reaching`
+        is ``gradient`` (gradient methods) or ``wordpieces`` (methods that replace wordpieces, leaving the
+        doc's spaCy tokens in place). See the ensemble textcat."""
         return {}
 
     def check_labels(self, labels: LabelsSetting) -> None:

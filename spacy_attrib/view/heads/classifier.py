@@ -4,7 +4,9 @@ One position per doc. The quickstart's accuracy preset, ``spacy.TextCatEnsemble.
 transformer branch with a bag-of-words branch (``TextCatBOW``: hashed n-gram features of the doc's
 words). No gradient reaches the bag-of-words branch: gradient methods explain the transformer branch,
 with the bag-of-words branch held at its value for the doc (it is constant along any path in the
-transformer's input, so completeness holds for what is explained). Results say so in ``extras``.
+transformer's input, so completeness holds for what is explained). Perturbation methods that replace
+wordpieces leave the spaCy tokens it reads in place, so the same holds for them; deleting tokens reaches
+both branches. Results say so in ``extras``.
 """
 
 from typing import Any, Dict, List
@@ -21,11 +23,13 @@ from .base import ThincHead
 class ClassifierHead(ThincHead):
     factories = ("textcat", "textcat_multilabel")
 
-    @property
-    def notes(self) -> Dict[str, str]:
+    def notes(self, reaching: str) -> Dict[str, str]:
         if any(node.name.startswith("sparse_linear") for node in self.model.walk()):
-            return {"not_attributed": "the bag-of-words branch (TextCatBOW) of the ensemble, which no gradient "
-                                      "reaches: held at its value for the doc; scores explain the transformer branch"}
+            why = ("no gradient reaches it" if reaching == "gradient" else
+                   "it reads the doc's spaCy tokens, which replacing wordpieces leaves in place (removal 'delete' "
+                   "removes them from both branches)")
+            return {"not_attributed": f"the bag-of-words branch (TextCatBOW) of the ensemble: {why}; held at its "
+                                      "value for the doc; scores explain the transformer branch"}
         return {}
 
     def to_logits(self, raw: Any, batch: EncodedBatch, docs: List[Doc], doc_index: List[int]) -> torch.Tensor:

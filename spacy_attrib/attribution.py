@@ -121,6 +121,16 @@ def set_attribution(doc: Doc, attribution: Attribution) -> None:
     by_method.setdefault(attribution.method, {})[attribution.label] = attribution.to_dict()
 
 
+def record_seconds(doc: Doc, method: str, seconds: float) -> None:
+    """Record the seconds `method` took per doc where `doc` was explained (saved with the doc's user data, so
+    an evaluation of docs explained earlier reports the time it took then)."""
+    _store(doc).setdefault("seconds", {})[method] = float(seconds)
+
+
+def recorded_seconds(doc: Doc) -> Dict[str, float]:
+    return dict(doc.user_data.get(USER_DATA_KEY, {}).get("seconds", {}))
+
+
 def mark_explained(doc: Doc, method: str) -> None:
     """Record that `method` ran on `doc`, so a doc with nothing to explain shows an empty result."""
     _store(doc)["doc"].setdefault(method, {})

@@ -16,9 +16,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import srsly
 import typer
-from tqdm import tqdm
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
+from spacy.training import Example
 from wasabi import msg
 
 app = typer.Typer(name="spacy-attrib", add_completion=False, no_args_is_help=True,
@@ -164,8 +164,9 @@ def explain(
     keep_trf_data: bool = typer.Option(False, "--keep-trf-data", help="Keep doc._.trf_data in --output (large)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the scores"),
 ):
-    """Explain docs: print each token's score, optionally write HTML and a DocBin."""
-    from .evaluation import attribution_components
+    """Explain docs: print each token's score, optionally write HTML and a DocBin (each doc records the
+    seconds per doc of each method, which `evaluate --explained` reports)."""
+    from .evaluation import attribution_components, explain_corpus
     from .methods import AttributionComponent
     from .render import render
 
@@ -174,12 +175,11 @@ def explain(
     if not methods and not any(isinstance(p, AttributionComponent) for _, p in nlp.pipeline):
         methods = ["integrated_gradients"]
     keys = with_methods(nlp, methods, split_list(label), settings)
-    disabled = [name for name, pipe in attribution_components(nlp) if pipe.key not in keys]
+    components = [(name, pipe) for name, pipe in attribution_components(nlp) if pipe.key in keys]
     inputs = list(read_input(nlp, source))
     if not inputs:
         raise UsageError("The input holds no docs")
-    docs = list(tqdm(nlp.pipe(inputs, disable=disabled), total=len(inputs), desc="explaining",
-                     disable=len(inputs) < 50, leave=False))
+    docs, _, _ = explain_corpus(nlp, inputs, components, progress=len(inputs) >= 50)
     for doc in docs[:0 if quiet else 20]:
         msg.divider(doc.text[:70])
         for key in keys:
@@ -216,6 +216,7 @@ def evaluate(
     n_resamples: int = typer.Option(1000, "--n-resamples", help="Bootstrap resamples"),
     batch_size: int = typer.Option(32, "--batch-size", help="Docs scored together"),
     removal: Optional[str] = typer.Option(None, "--removal", help="Override the presets' removal: delete, mask, unk or pad (ner needs mask, unk or pad)"),
+    explained: Optional[Path] = typer.Option(None, "--explained", help="The same docs explained by `explain --output` with this pipeline: their results (and times) are used instead of explaining again"),
 ):
     """Evaluate methods over a corpus: results.json (value, 95 % interval, n per metric) and PNG plots."""
     from .evaluation import PRESETS, evaluate as run_evaluation
@@ -237,6 +238,8 @@ def evaluate(
     docs = list(DocBin().from_disk(data).get_docs(nlp.vocab))[:limit]
     if not docs:
         raise UsageError(f"{data} holds no docs")
+    if explained:
+        docs = paired_examples(docs, explained, nlp)
     msg.info(f"Evaluating {', '.join(keys)} on {len(docs)} docs under {', '.join(presets)}"
              + (f" (removal: {removal})" if removal else ""))
     report = run_evaluation(nlp, docs, methods=keys, protocols=protocols, n_resamples=n_resamples,
@@ -246,6 +249,18 @@ def evaluate(
     plots = report.plot(output)
     msg.table(report.table(), header=("protocol", "metric", "method", "value", "95 % interval", "n"), divider=True)
     msg.good(f"Wrote {output / 'results.json'} and {len(plots)} plots to {output}")
+
+
+def paired_examples(gold: List[Doc], explained: Path, nlp: Language) -> List[Example]:
+    """Gold docs paired, in order, with the same docs explained earlier (read from `explained`)."""
+    if not explained.exists():
+        raise UsageError(f"Explained docs not found: {explained}")
+    predicted = list(DocBin().from_disk(explained).get_docs(nlp.vocab))[:len(gold)]
+    mismatch = next((i for i, (p, g) in enumerate(zip(predicted, gold)) if p.text != g.text), None)
+    if len(predicted) < len(gold) or mismatch is not None:
+        where = f"doc {mismatch} differs" if mismatch is not None else f"it holds {len(predicted)} docs, not {len(gold)}"
+        raise UsageError(f"{explained} does not hold the docs of the data in order: {where}")
+    return [Example(p, g) for p, g in zip(predicted, gold)]
 
 
 def main() -> None:

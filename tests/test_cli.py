@@ -72,6 +72,31 @@ def test_evaluate_writes_json_and_plots(textcat_dir, tmp_path):
     assert "comprehensiveness" in result.output
 
 
+def test_evaluate_uses_docs_explained_earlier(textcat_dir, tmp_path):
+    """`explain --output` then `evaluate --explained`: the same metrics as explaining anew (deterministic
+    methods), the time recorded when the docs were explained, and docs that do not match are refused."""
+    nlp = spacy.load(textcat_dir)
+    data, explained = tmp_path / "dev.spacy", tmp_path / "explained.spacy"
+    DocBin(docs=gold_docs(nlp, 10, seed=4), store_user_data=True).to_disk(data)
+    assert run("explain", textcat_dir, data, "-m", "occlusion,random", "-q", "-o", explained).exit_code == 0
+    recorded = [d.user_data["spacy_attrib"]["seconds"] for d in DocBin().from_disk(explained).get_docs(nlp.vocab)]
+    assert all(set(r) == {"occlusion", "random"} and r["occlusion"] > 0 for r in recorded)
+    rows = {}
+    for name, extra in (("anew", []), ("reused", ["--explained", explained])):
+        result = run("evaluate", textcat_dir, data, "-m", "occlusion", "-p", "eraser", "-o", tmp_path / name,
+                     "--n-resamples", 20, *extra)
+        assert result.exit_code == 0, result.output
+        rows[name] = {(r["method"], r["metric"]): r["value"] for r in srsly.read_json(tmp_path / name / "results.json")["results"]}
+    assert rows["reused"].keys() == rows["anew"].keys()
+    for key, value in rows["anew"].items():
+        if key[1] != "seconds_per_doc":
+            assert rows["reused"][key] == pytest.approx(value, abs=1e-6), key
+    assert rows["reused"]["occlusion", "seconds_per_doc"] == pytest.approx(recorded[0]["occlusion"])
+    DocBin(docs=gold_docs(nlp, 10, seed=5), store_user_data=True).to_disk(tmp_path / "other.spacy")
+    result = run("evaluate", textcat_dir, tmp_path / "other.spacy", "-m", "occlusion", "--explained", explained)
+    assert result.exit_code == 1 and "does not hold the docs of the data in order: doc 0 differs" in result.output
+
+
 def test_evaluate_removal_overrides_the_presets(textcat_dir, tmp_path):
     """--removal mask: every preset re-scores with [MASK] in place (what ner needs: delete is refused there)."""
     nlp = spacy.load(textcat_dir)

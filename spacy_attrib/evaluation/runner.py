@@ -9,14 +9,14 @@ from spacy.tokens import Doc
 from spacy.training import Example
 from tqdm import tqdm
 
-from ..attribution import USER_DATA_KEY, iter_attributions
+from ..attribution import USER_DATA_KEY, iter_attributions, record_seconds, recorded_seconds
 from ..methods.base import AttributionComponent
+from ..removal import Removal, Rescorer, Score, decision_threshold, removable_tokens
 from ..view import DifferentiableView
 from .diagnostics import confidence_indication, dataset_consistency, rationale_consistency, similar_pairs
 from .faithfulness import Case, MetricResult, measure, needed, removals, select
 from .plausibility import METRICS as PLAUSIBILITY_METRICS, RATIONALE_KEY, plausibility, rationale_mask
 from .protocols import Protocol, get_protocol
-from ..removal import Removal, Rescorer, Score, decision_threshold, removable_tokens
 from .report import Report
 from .statistics import Estimate, bootstrap
 
@@ -44,29 +44,38 @@ def attribution_components(nlp: Language, methods: Optional[Sequence[str]] = Non
 
 def explain_corpus(nlp: Language, corpus: Corpus, components: Sequence[Tuple[str, AttributionComponent]], *,
                    progress: bool = False) -> Tuple[List[Doc], List[Optional[Doc]], Dict[str, float]]:
-    """Predicted and explained docs, the gold docs they came from (None for docs given already explained,
-    whose annotations are predictions), and each method's seconds per doc.
+    """Predicted and explained docs, the gold docs they came from (None where there are none), and each
+    method's seconds per doc.
 
-    A doc that already holds every chosen method's results is taken as it is; the others are copied (words,
-    spaces, user data), run through the pipeline without its attribution components, then through each
-    attribution component in turn, timed."""
+    Docs explained earlier are taken as they are: a doc that already holds every chosen method's results
+    (its annotations are predictions: no gold), or an `Example` whose predicted doc does (its reference is
+    the gold; e.g. `spacy-attrib evaluate --explained`), with the seconds per doc recorded when it was
+    explained. The others are copied (words, spaces, user data), run through the pipeline without its
+    attribution components, then through each attribution component in turn, timed; the time is recorded
+    on each doc (`record_seconds`)."""
     keys = [pipe.key for _, pipe in components]
     predicted: List[Doc] = []
     gold: List[Optional[Doc]] = []
+    reused: List[int] = []
     for item in corpus:
         reference = item.reference if isinstance(item, Example) else item
-        explained = reference.user_data.get(USER_DATA_KEY, {}).get("doc", {})
-        if all(key in explained for key in keys):
-            predicted.append(reference)
-            gold.append(None)
+        explained = item.predicted if isinstance(item, Example) else reference
+        if all(key in explained.user_data.get(USER_DATA_KEY, {}).get("doc", {}) for key in keys):
+            predicted.append(explained)
+            gold.append(reference if explained is not reference else None)
+            reused.append(len(predicted) - 1)
         else:
             copy = Doc(nlp.vocab, words=[t.text for t in reference], spaces=[bool(t.whitespace_) for t in reference])
             copy.user_data.update({k: v for k, v in reference.user_data.items() if k != USER_DATA_KEY})
             predicted.append(copy)
             gold.append(reference)
-    to_run = [i for i, g in enumerate(gold) if g is not None]
+    to_run = sorted(set(range(len(predicted))) - set(reused))
     attribution_names = [name for name, pipe in nlp.pipeline if isinstance(pipe, AttributionComponent)]
     seconds: Dict[str, float] = {}
+    for key in keys:
+        times = [recorded_seconds(predicted[i])[key] for i in reused if key in recorded_seconds(predicted[i])]
+        if times and len(times) == len(reused) and not to_run:
+            seconds[key] = float(numpy.mean(times))
     if to_run:
         docs = list(nlp.pipe([predicted[i] for i in to_run], disable=attribution_names))
         for i, doc in zip(to_run, docs):
@@ -77,6 +86,8 @@ def explain_corpus(nlp: Language, corpus: Corpus, components: Sequence[Tuple[str
             for _ in tqdm(explained, total=len(docs), desc=f"explaining ({name})", disable=not progress, leave=False):
                 pass
             seconds[pipe.key] = (time.perf_counter() - start) / len(docs)
+            for doc in docs:
+                record_seconds(doc, pipe.key, seconds[pipe.key])
     return predicted, gold, seconds
 
 

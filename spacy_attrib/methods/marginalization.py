@@ -44,6 +44,7 @@ without wordpieces, which score 0), and ``seconds``, the batch's time divided by
 """
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -143,8 +144,9 @@ class InputMarginalization(PerturbationMethod):
         values = self.candidate_values(batch, targets, slots, candidates)
         scores = [numpy.zeros((len(targets[d]), len(doc))) for d, doc in enumerate(batch.docs)]
         counts = [[0] * len(doc) for doc in batch.docs]
+        clean_by_doc = [clean_values(output, targets, d) for d in range(len(batch.docs))]
         for slot, (sequences, likelihood), slot_values in zip(slots, candidates, values):
-            clean = clean_values(output, targets, slot.d)
+            clean = clean_by_doc[slot.d]
             weights = likelihood / likelihood.sum()
             # p(y|x) + Σ w (p_x̃ − p(y|x)), which is Σ w p_x̃ since Σ w = 1: the original's term is 0 and a
             # candidate the classifier ignores adds exactly 0.
@@ -271,28 +273,24 @@ def replaced_rows(batch: EncodedBatch, slot: TokenSlot, sequence: Candidate) -> 
     return ids
 
 
-class projected_at:
+@contextmanager
+def projected_at(model: torch.nn.Module, columns: torch.Tensor) -> Iterator[None]:
     """Inside the block the masked LM's vocabulary projection (its output embeddings) sees only one column
     per row, `columns[r]` of row `r`: logits (rows, 1, |V|) instead of (rows, T, |V|). The hook is removed
     on exit."""
+    decoder = model.get_output_embeddings()
+    if decoder is None:
+        raise ValueError(f"The masked LM ({type(model).__name__}) has no output embeddings to project with")
 
-    def __init__(self, model: torch.nn.Module, columns: torch.Tensor):
-        self.decoder = model.get_output_embeddings()
-        if self.decoder is None:
-            raise ValueError(f"The masked LM ({type(model).__name__}) has no output embeddings to project with")
-        self.columns = columns
-        self.handle = None
-
-    def gather(self, module: torch.nn.Module, args: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
+    def gather(module: torch.nn.Module, args: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
         hidden = args[0]
-        return (hidden[torch.arange(hidden.shape[0], device=hidden.device), self.columns][:, None],) + args[1:]
+        return (hidden[torch.arange(hidden.shape[0], device=hidden.device), columns][:, None],) + args[1:]
 
-    def __enter__(self) -> "projected_at":
-        self.handle = self.decoder.register_forward_pre_hook(self.gather)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.handle.remove()
+    handle = decoder.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def log_odds(p: numpy.ndarray, base: float) -> numpy.ndarray:

@@ -5,10 +5,11 @@ from .base import AttributionComponent
 from .bottleneck import InformationBottleneck
 from .gradient import GradientXInput, Saliency, SmoothGrad
 from .integrated import IntegratedGradients
+from .marginalization import InputMarginalization
 from .perturbation import KernelShapAttribution, LimeAttribution, Occlusion, ShapleySampling
 from .random import RandomAttribution
 from .relevance import LayerwiseRelevance
 
 __all__ = ["AttentionRollout", "AttributionComponent", "GradientXInput", "InformationBottleneck", "IntegratedGradients",
-           "KernelShapAttribution", "LayerwiseAttentionTracing", "LayerwiseRelevance", "LimeAttribution", "Occlusion",
-           "RandomAttribution", "RawAttention", "Saliency", "ShapleySampling", "SmoothGrad"]
+           "InputMarginalization", "KernelShapAttribution", "LayerwiseAttentionTracing", "LayerwiseRelevance", "LimeAttribution",
+           "Occlusion", "RandomAttribution", "RawAttention", "Saliency", "ShapleySampling", "SmoothGrad"]

@@ -69,17 +69,24 @@ class PerturbationMethod(AttributionComponent):
         with torch.no_grad():
             output = self.view.forward(batch, max_rows=self.cfg["internal_batch_size"])
         targets = self.targets(output, batch)
-        scores = self.token_scores(batch, targets, output)
-        removal = self.removal()
-        extras = {"removal": removal, **(self.view.head.notes("wordpieces") if removal != "delete" else {})}
+        scores, extras = self.token_scores_with_extras(batch, targets, output)
         return [[WordpieceMap(target, None, float(output.scores[d, target.position, target.label_index]),
-                              dict(extras), token_scores=values)
+                              dict(extras[d]), token_scores=values)
                  for target, values in zip(targets[d], scores[d])] for d in range(len(batch.docs))]
 
     def token_scores(self, batch: EncodedBatch, targets: List[List[Target]], output: ViewOutput
                      ) -> List[List[numpy.ndarray]]:
         """For each doc, one score per spaCy token for each of its targets."""
         raise NotImplementedError
+
+    def token_scores_with_extras(self, batch: EncodedBatch, targets: List[List[Target]], output: ViewOutput
+                                 ) -> Tuple[List[List[numpy.ndarray]], List[Dict[str, Any]]]:
+        """`token_scores`, and for each doc what its maps' `extras` record (here the removal strategy, and what
+        replacing wordpieces leaves alone); a method that records something of its own per doc (and has no
+        `removal`) overrides this instead."""
+        removal = self.removal()
+        extras = {"removal": removal, **(self.view.head.notes("wordpieces") if removal != "delete" else {})}
+        return self.token_scores(batch, targets, output), [dict(extras) for _ in batch.docs]
 
     def removal_outputs(self, batch: EncodedBatch, targets: List[List[Target]],
                         perturbations: Sequence[Perturbation]) -> List[numpy.ndarray]:

@@ -25,7 +25,8 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # The attribution methods the project's configs declare, in their order (tests/test_project.py checks that
 # every config declares the same ones).
 CONFIG_METHODS = ("integrated_gradients", "gradient_x_input", "saliency", "smoothgrad", "random", "lrp", "attention",
-                  "attention_rollout", "lat", "information_bottleneck")
+                  "attention_rollout", "lat", "information_bottleneck", "occlusion", "lime", "shapley_sampling",
+                  "kernel_shap", "input_marginalization")
 
 POSITIVE = ["good", "great", "wonderful", "warm", "witty", "wise", "fun", "brilliant"]
 NEGATIVE = ["bad", "awful", "terrible", "dull", "boring", "weak", "slow", "mess"]
@@ -229,6 +230,29 @@ def spancat_nlp(tiny_bert) -> Language:
 def spancat_singlelabel_nlp(tiny_bert) -> Language:
     """spancat_singlelabel: a Softmax over the labels and a learned negative label."""
     return build_pipeline(tiny_bert, "spancat_singlelabel", n_epochs=30)
+
+
+def make_masked_lm(path: Path, bert: Path, seed: int = 0, certain: Optional[str] = None) -> str:
+    """A random BertForMaskedLM with the config and tokenizer of the tiny BERT at `bert`; with `certain`, its
+    decoder bias puts all the mass on that wordpiece (exp(−1e4) underflows: the others get exactly 0)."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    tokenizer = BertTokenizerFast.from_pretrained(str(bert))
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(BertConfig.from_pretrained(str(bert)))
+    if certain is not None:
+        with torch.no_grad():
+            model.cls.predictions.bias.zero_()
+            model.cls.predictions.bias[tokenizer.convert_tokens_to_ids(certain)] = 1e4
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def random_mlm(tiny_bert, tmp_path_factory) -> str:
+    """A random masked LM of the tiny BERT's vocabulary (what `attr_input_marginalization` needs)."""
+    return make_masked_lm(tmp_path_factory.mktemp("random_mlm"), tiny_bert)
 
 
 @pytest.fixture(scope="session")

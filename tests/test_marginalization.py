@@ -4,39 +4,18 @@ marginal), the zeros the method must give, batching, and its errors."""
 
 import random
 from pathlib import Path
-from typing import Optional
 
 import numpy
 import pytest
 import spacy
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
-from conftest import build_pipeline, explain, make_method, make_tiny_bert, trigger_sentence, weights_snapshot
+from conftest import (build_pipeline, explain, make_masked_lm, make_method, make_tiny_bert, trigger_sentence,
+                      weights_snapshot)
 from spacy_attrib import iter_attributions
 from spacy_attrib.methods.marginalization import load_masked_lm, log_odds
 
 TEXTS = ["that actor was awful but the story was great .", "this movie is very good !", "unboring storyer"]
-
-
-def make_masked_lm(path: Path, bert: Path, seed: int = 0, certain: Optional[str] = None) -> str:
-    """A random BertForMaskedLM with the config and tokenizer of the tiny BERT at `bert`; with `certain`, its
-    decoder bias puts all the mass on that wordpiece (exp(−1e4) underflows: the others get exactly 0)."""
-    tokenizer = BertTokenizerFast.from_pretrained(str(bert))
-    torch.manual_seed(seed)
-    model = BertForMaskedLM(BertConfig.from_pretrained(str(bert)))
-    if certain is not None:
-        with torch.no_grad():
-            model.cls.predictions.bias.zero_()
-            model.cls.predictions.bias[tokenizer.convert_tokens_to_ids(certain)] = 1e4
-    model.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def random_mlm(tiny_bert, tmp_path_factory) -> str:
-    return make_masked_lm(tmp_path_factory.mktemp("random_mlm"), tiny_bert)
 
 
 @pytest.fixture(scope="module")

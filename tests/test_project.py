@@ -28,9 +28,10 @@ def test_demo_workflow_runs_end_to_end(tmp_path):
     command += [arg for name, value in overrides.items() for arg in (f"--vars.{name}", str(value))]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for name in ("sst2", "eraser"):
+    eraser_methods = load_project_config(ROOT)["vars"]["eraser_methods"].split(",")
+    for name, methods in (("sst2", METHODS), ("eraser", eraser_methods)):
         rows = srsly.read_json(project / "evaluation" / "demo" / name / "results.json")["results"]
-        assert {r["method"] for r in rows} == set(METHODS)
+        assert {r["method"] for r in rows} == set(methods)
     eraser = srsly.read_json(project / "evaluation" / "demo" / "eraser" / "results.json")["results"]
     assert {r["metric"] for r in eraser} >= {"comprehensiveness", "sufficiency", "token_f1", "iou", "auprc"}
     report = (project / "reports" / "demo" / "report.md").read_text(encoding="utf8")
@@ -58,7 +59,7 @@ def test_all_workflow_trains_every_config_and_evaluates_what_it_attributes():
     project = load_project_config(ROOT)
     commands = {c["name"]: c for c in project["commands"]}
     steps = project["workflows"]["all"]
-    assert [s.split("-")[0] for s in steps] == ["convert", "train", "attribute", "evaluate", "report"]
+    assert [s.split("-")[0] for s in steps] == ["convert", "train", "mlm", "attribute", "evaluate", "report"]
     trained = " ".join(commands["train-all"]["script"])
     assert all(f"configs/{path.name}" in trained for path in (ROOT / "configs").glob("*.cfg"))
     for pipeline in commands["train-all"]["outputs"]:

@@ -15,7 +15,7 @@ from spacy.schemas import ConfigSchemaTraining
 from spacy.tokens import DocBin
 
 import spacy_attrib.training as training
-from conftest import CONFIG_METHODS, toy_texts
+from conftest import CONFIG_METHODS, make_masked_lm, toy_texts
 from spacy_attrib.methods import AttributionComponent
 from spacy_attrib.training import MINILM_ALIASES, MODEL_PACKAGE, create_enable_attribution, transformer_name
 
@@ -165,7 +165,7 @@ def write_docbin(path: Path, n: int, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_bert, tmp_path_factory):
+def trained(tiny_bert, random_mlm, tmp_path_factory):
     """`spacy train configs/textcat_sst2.cfg` on the tiny BERT (4 steps, evaluated at 0, 2 and 4), with
     spies on what ran: every evaluation's disabled components, every attribution call, every callback."""
     from spacy.cli.train import train
@@ -202,8 +202,8 @@ def trained(tiny_bert, tmp_path_factory):
         # catalogue loads entry points by module attribute, so the spy is what `spacy train` resolves
         patch.setattr(training, "create_enable_attribution", spy_callback)
         train(SST2, root / "output", overrides={
-            "paths.transformer": str(tiny_bert), "paths.train": str(corpus), "paths.dev": str(corpus),
-            "training.max_steps": 4, "training.eval_frequency": 2})
+            "paths.transformer": str(tiny_bert), "paths.mlm": random_mlm, "paths.train": str(corpus),
+            "paths.dev": str(corpus), "training.max_steps": 4, "training.eval_frequency": 2})
     return {"output": root / "output", "evaluations": evaluations, "explained": explained, "saves": saves}
 
 
@@ -262,7 +262,9 @@ def test_sst2_cpu_setting_learns(tmp_path):
     for split in ("train", "dev"):
         paths[split] = tmp_path / f"{split}.spacy"
         DocBin(docs=read_sst2(ROOT / "assets" / f"sst2_demo_{split}.tsv", spacy.blank("en"))).to_disk(paths[split])
-    train(SST2, tmp_path / "output", overrides={"paths.train": str(paths["train"]), "paths.dev": str(paths["dev"])})
+    mlm = make_masked_lm(tmp_path / "mlm", training.minilm_dir())  # (random: only its vocabulary matters here)
+    train(SST2, tmp_path / "output", overrides={"paths.train": str(paths["train"]), "paths.dev": str(paths["dev"]),
+                                                "paths.mlm": mlm})
     nlp = spacy.load(tmp_path / "output" / "model-best")
     gold = list(DocBin().from_disk(paths["dev"]).get_docs(nlp.vocab))
     with nlp.select_pipes(disable=ATTRIBUTION):

@@ -1,6 +1,7 @@
 """Time per doc of every attribution method, as a multiple of one forward pass of the pipeline.
 
-    python bench/methods.py [PIPELINE] [--data FILE] [--n-docs N] [--methods a,b] [--out result.json]
+    python bench/methods.py [PIPELINE] [--data FILE] [--n-docs N] [--methods a,b] [--mlm DIR]
+                            [--setting attr_x.key=value …] [--out result.json]
 
 One run, one pipeline, the same docs for every row, so the ratios are comparable (absolute times depend on
 the machine and its load; the ratios much less). PIPELINE is a trained spaCy pipeline with a transformer and a
@@ -12,7 +13,9 @@ dev sample) or a DocBin. Rows:
 - one row per method (default: every ``attr_*`` factory of the library), its component added with default
   settings and run through its own ``pipe`` over the docs the head has annotated. Methods with state fit it
   first, on the same docs, outside the clock (``attr_information_bottleneck``'s statistics: reported as
-  ``fit``).
+  ``fit``). ``attr_input_marginalization`` reads its masked LM from ``--mlm`` (default: the project's
+  ``training/mlm``); ``--setting attr_x.key=value`` (repeatable, the value read as JSON, else as a string)
+  changes a method's settings, e.g. ``--setting attr_shapley_sampling.n_samples=5``.
 
 Each row is the best of ``--repeats`` runs (default 2), after a warm-up on two docs.
 """
@@ -20,7 +23,7 @@ Each row is the best of ``--repeats`` runs (default 2), after a warm-up on two d
 import json
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import spacy
 import typer
@@ -40,6 +43,22 @@ def read_docs(nlp: Language, path: Path, n_docs: int) -> List[Doc]:
     return [nlp.make_doc(doc.text) for doc in read_sst2(path, nlp, limit=n_docs)]
 
 
+def parse_settings(settings: List[str], mlm: str) -> Dict[str, Dict[str, Any]]:
+    """Per factory, the settings given as ``attr_x.key=value`` (value as JSON, else the string)."""
+    configs: Dict[str, Dict[str, Any]] = {"attr_input_marginalization": {"mlm": mlm}}
+    for item in settings:
+        name, _, value = item.partition("=")
+        factory, _, key = name.partition(".")
+        if not (factory and key and value):
+            raise typer.BadParameter(f"expected attr_x.key=value, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        configs.setdefault(factory, {})[key] = parsed
+    return configs
+
+
 def best_of(repeats: int, run) -> float:
     times = []
     for _ in range(repeats):
@@ -54,6 +73,8 @@ def main(pipeline: Path = typer.Argument(Path("training/demo/model-best"), help=
          n_docs: int = typer.Option(50, help="Docs timed"),
          methods: Optional[str] = typer.Option(None, help="Comma-separated factories (default: every attr_*)"),
          repeats: int = typer.Option(2, help="Runs per row; the best is kept"),
+         mlm: str = typer.Option("training/mlm", help="The masked LM of attr_input_marginalization"),
+         setting: List[str] = typer.Option([], help="attr_x.key=value: a method's setting (repeatable)"),
          out: Optional[Path] = typer.Option(None, help="Write the table as JSON")):
     nlp = spacy.load(pipeline)
     for name, _ in attribution_components(nlp):
@@ -65,8 +86,9 @@ def main(pipeline: Path = typer.Argument(Path("training/demo/model-best"), help=
     forward = best_of(repeats, lambda: list(nlp.pipe([nlp.make_doc(d.text) for d in docs])))
     annotated = list(nlp.pipe([nlp.make_doc(d.text) for d in docs]))
     rows = [{"method": "forward", "seconds": forward, "per_doc": forward / len(docs), "ratio": 1.0}]
+    configs = parse_settings(setting, mlm)
     for factory in factories:
-        component = nlp.add_pipe(factory)
+        component = nlp.add_pipe(factory, config=configs.get(factory, {}))
         fit = None
         if getattr(component, "fits_state", False):
             start = time.perf_counter()

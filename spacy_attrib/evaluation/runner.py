@@ -141,10 +141,12 @@ def evaluate(nlp: Language, corpus: Corpus, *, methods: Optional[Sequence[str]] 
     docs, gold, seconds = explain_corpus(nlp, corpus, components, progress=progress)
     results: List[MetricResult] = []
     rescorers: Dict[Tuple[str, str], Rescorer] = {}
+    scored: Dict[Tuple[str, str], Dict[Removal, Score]] = {}
     for name, pipe in components:
         head = pipe.view.head_name
         for removal in {p.removal for p in chosen}:
             if (head, removal) not in rescorers:
+                scored[head, removal] = {}
                 rescorers[head, removal] = Rescorer(nlp, head, removal=removal, batch_size=batch_size,
                                                     max_rows=max_rows)
         cases = _cases(docs, gold, pipe.key, pipe.view)
@@ -163,7 +165,7 @@ def evaluate(nlp: Language, corpus: Corpus, *, methods: Optional[Sequence[str]] 
                     ["a clean decision that matches gold"] if protocol.correct_only else [])
                 raise ValueError(f"Protocol {protocol.name!r} keeps no case of {pipe.key!r}: none has "
                                  + " and ".join(wanted))
-            score_of = _score_all(rescorer, docs, selected, protocol, progress)
+            score_of = _score_all(rescorer, docs, selected, protocol, progress, scored[head, protocol.removal])
             results.extend(measure(protocol, pipe.key, selected, score_of, n_resamples=n_resamples, seed=seed))
         results.extend(_plausibility(docs, gold, cases, pipe.key, plausibility_key, n_resamples, seed))
         if pipe.key in seconds:
@@ -190,11 +192,14 @@ def _cases(docs: List[Doc], gold: List[Optional[Doc]], key: str, view: Different
 
 def _request(case: Case, removed: Tuple[int, ...]) -> Removal:
     a = case.attribution
-    return Removal(case.d, removed, a.label, a.token, a.span)
+    return Removal(case.d, tuple(sorted(removed)), a.label, a.token, a.span)
 
 
-def _score_all(rescorer: Rescorer, docs: List[Doc], cases: List[Case], protocol: Protocol, progress: bool):
-    """Score every removal the protocol needs for `cases` at once; returns a lookup (case, removed) → Score."""
+def _score_all(rescorer: Rescorer, docs: List[Doc], cases: List[Case], protocol: Protocol, progress: bool,
+               known: Dict[Removal, Score]):
+    """Score every removal the protocol needs for `cases` at once, but those `known` (scored for another
+    protocol or method of the same docs: presets share many removals, all share the clean docs); returns a
+    lookup (case, removed) → Score. `known` grows by what was scored."""
     requests: Dict[Removal, None] = {}
     for case in cases:
         requests[_request(case, ())] = None
@@ -203,14 +208,12 @@ def _score_all(rescorer: Rescorer, docs: List[Doc], cases: List[Case], protocol:
             for removed in selections[kind]:
                 if removed is not None:
                     requests[_request(case, removed)] = None
-    keys = list(requests)
-    scores: List[Score] = []
+    keys = [key for key in requests if key not in known]
     step = max(1, 8 * rescorer.batch_size)
     for start in tqdm(range(0, len(keys), step), desc=f"re-scoring ({protocol.name})", disable=not progress,
                       leave=False):
-        scores.extend(rescorer.score(docs, keys[start:start + step]))
-    found = dict(zip(keys, scores))
-    return lambda case, removed: found[_request(case, removed)]
+        known.update(zip(keys[start:start + step], rescorer.score(docs, keys[start:start + step])))
+    return lambda case, removed: known[_request(case, removed)]
 
 
 def _plausibility(docs, gold, cases: List[Case], key: str, rationale_key: str, n_resamples: int,

@@ -191,12 +191,12 @@ class InputMarginalization(PerturbationMethod):
         joint = joint.clone()
         joint[:, excluded_ids] = 0.0
         flat = joint.reshape(-1)
-        order = torch.sort(flat, descending=True, stable=True).indices
+        wanted = self.cfg["max_candidates"] if self.cfg["top_n"] is None else min(self.cfg["top_n"],
+                                                                                 self.cfg["max_candidates"])
+        # The `wanted` most likely (a partial sort: the whole vocabulary is never sorted); σ then truncates them.
+        keep = torch.topk(flat, min(wanted, flat.numel())).indices
         if self.cfg["top_n"] is None:
-            order = order[flat[order] > self.cfg["sigma"]]
-            keep = order[:self.cfg["max_candidates"]]
-        else:
-            keep = order[:min(self.cfg["top_n"], self.cfg["max_candidates"])]
+            keep = keep[flat[keep] > self.cfg["sigma"]]
         beam = {prefixes[int(i) // vocabulary] + (int(i) % vocabulary,): float(flat[i]) for i in keep}
         beam[original] = original_value
         return beam

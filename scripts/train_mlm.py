@@ -4,11 +4,12 @@ pre-trained BERT MLM; no package here ships a masked-LM head for offline use).
 The model is a `BertForMaskedLM` whose encoder is the base transformer's (for the project the installed
 all-MiniLM-L6-v2), so its wordpiece vocabulary is the explained pipeline's, with the decoder tied to the
 word embeddings. The prediction head (its dense transform, LayerNorm and output bias) starts untrained; it
-is trained with the last `--train-layers` encoder layers (1 by default) on the text of the DocBins or
-TSVs given, everything else frozen: the word embeddings (and so the tied decoder: the vocabulary's
-geometry stays the base model's) and the lower layers, where the word-level information of a sentence
-encoder is, stay as they are, and a few hundred steps on 2 CPU cores (a few minutes) train the 2M
-parameters of head and last layer where training all 22M would need far more data and time.
+is trained with the last `--train-layers` encoder layers (all by default, −1) on the text of the DocBins
+or TSVs given; the word embeddings (and so the tied decoder: the vocabulary's geometry stays the base
+model's) stay frozen. On the demo's 360 SST-2 sentences (2 CPU cores) the held-out masked-token accuracy
+went 0 → 0.120 in 200 steps at 2e-4 with all six layers (83 s), against 0.033 with the head and the last
+layer alone (300 steps at 5e-4, 65 s) and 0.043 with the head alone: a sentence encoder's top layers have
+to learn again to predict words, more than the head can do on top of them.
 
 Masking: 15% of each text's wordpieces (at least one; never [CLS]/[SEP]) become [MASK], always [MASK]
 (not BERT's 80/10/10): input marginalization only ever asks the model about masked positions. A seeded
@@ -19,7 +20,7 @@ Inputs: ``.spacy`` DocBins (each doc's text) or tab-separated files with a heade
 GLUE's sentence column). Saved with `save_pretrained` with the base model's tokenizer; set the component's
 ``mlm`` to the output directory.
 
-    python scripts/train_mlm.py assets/sst2_demo_train.tsv --output training/mlm [--steps 300]
+    python scripts/train_mlm.py assets/sst2_demo_train.tsv --output training/mlm [--steps 200]
 """
 
 import random
@@ -93,8 +94,8 @@ def evaluate(model, batches: Sequence[Dict[str, torch.Tensor]]) -> Tuple[float, 
     return total_loss / max(count, 1), correct / max(count, 1)
 
 
-def train_mlm(inputs: Sequence[Path], output: Path, base: str = "all-MiniLM-L6-v2", steps: int = 300,
-              batch_size: int = 16, learn_rate: float = 5e-4, train_layers: int = 1, max_length: int = 128,
+def train_mlm(inputs: Sequence[Path], output: Path, base: str = "all-MiniLM-L6-v2", steps: int = 200,
+              batch_size: int = 16, learn_rate: float = 2e-4, train_layers: int = -1, max_length: int = 128,
               seed: int = 0) -> Dict[str, float]:
     """Train and save the masked LM; returns the held-out loss and accuracy before and after, the seconds
     taken and the sizes."""
@@ -113,8 +114,10 @@ def train_mlm(inputs: Sequence[Path], output: Path, base: str = "all-MiniLM-L6-v
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = BertForMaskedLM.from_pretrained(path)
     layers = model.bert.encoder.layer
+    if train_layers == -1:
+        train_layers = len(layers)
     if not 0 <= train_layers <= len(layers):
-        msg.fail(f"--train-layers must be between 0 and {len(layers)}, got {train_layers}", exits=1)
+        msg.fail(f"--train-layers must be -1 (all) or between 0 and {len(layers)}, got {train_layers}", exits=1)
     model.requires_grad_(False)
     trained = [model.cls.predictions.transform, *layers[len(layers) - train_layers:]]
     for module in trained:
@@ -150,10 +153,10 @@ def main(
     inputs: List[Path] = typer.Argument(..., help="DocBins (.spacy) or TSVs (text in the last column, header row)"),
     output: Path = typer.Option(..., "--output", "-o", help="Directory to save the masked LM and tokenizer to"),
     base: str = typer.Option("all-MiniLM-L6-v2", "--base", help="The base transformer (alias, HF name or path)"),
-    steps: int = typer.Option(300, "--steps", help="Training steps"),
+    steps: int = typer.Option(200, "--steps", help="Training steps"),
     batch_size: int = typer.Option(16, "--batch-size", help="Texts per step"),
-    learn_rate: float = typer.Option(5e-4, "--learn-rate", help="AdamW learning rate"),
-    train_layers: int = typer.Option(1, "--train-layers", help="Last encoder layers trained with the head"),
+    learn_rate: float = typer.Option(2e-4, "--learn-rate", help="AdamW learning rate"),
+    train_layers: int = typer.Option(-1, "--train-layers", help="Last encoder layers trained with the head (-1: all)"),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the masks, the order and the head's init"),
 ):
     result = train_mlm(inputs, output, base, steps, batch_size, learn_rate, train_layers, seed=seed)

@@ -26,7 +26,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # every config declares the same ones).
 CONFIG_METHODS = ("integrated_gradients", "gradient_x_input", "saliency", "smoothgrad", "random", "lrp", "attention",
                   "attention_rollout", "lat", "information_bottleneck", "occlusion", "lime", "shapley_sampling",
-                  "kernel_shap", "input_marginalization")
+                  "kernel_shap", "input_marginalization", "occlusion_unk")
 
 POSITIVE = ["good", "great", "wonderful", "warm", "witty", "wise", "fun", "brilliant"]
 NEGATIVE = ["bad", "awful", "terrible", "dull", "boring", "weak", "slow", "mess"]

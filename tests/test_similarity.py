@@ -1,6 +1,7 @@
 """Sentence embeddings (`sentence_embedding`) and integrated Jacobians (Moeller et al. 2023)."""
 
 import csv
+import re
 from pathlib import Path
 from typing import List
 
@@ -10,8 +11,10 @@ import spacy
 import torch
 
 from conftest import transformer_config
+from spacy_attrib import Interaction
 from spacy_attrib.methods.integrated import quadrature_points
 from spacy_attrib.methods.similarity import explain_similarities, explain_similarity
+from spacy_attrib.render import POSITIVE_RGB, interaction_figure, render_interaction
 from spacy_attrib.view.embedding import EmbeddingView
 
 DATA = Path(__file__).parent / "data"
@@ -262,3 +265,36 @@ def test_minilm_integrated_jacobians_on_stsb():
     for word in ("hard", "hat", "dancing"):
         i, j = result.tokens_a.index(word), result.tokens_b.index(word)
         assert int(numpy.argmax(result.matrix[i])) == j
+
+
+# -- rendering -----------------------------------------------------------------------------------------
+def toy_interaction():
+    return Interaction("integrated_jacobians", numpy.array([[1.0, -0.5], [0.0, 0.25]]), ("<b>", "x&y"), ("a", "b"),
+                       numpy.zeros((4, 4)), ["[CLS]", "<b>", "x&y", "[SEP]"], ["[CLS]", "a", "b", "[SEP]"], [[1], [2]],
+                       [[1], [2]], 0.5, {"error": 1e-3})
+
+
+def test_heatmap_html_is_escaped_and_coloured():
+    markup = render_interaction(toy_interaction(), jupyter=False)
+    assert "<b>" not in markup.split("</style>", 1)[1] and "&lt;b&gt;" in markup and "x&amp;y" in markup
+    cells = re.findall(r'<td style="background: (rgb\([^)]*\))" title="([^"]*)"', markup)
+    assert [float(t) for _, t in cells] == [1.0, -0.5, 0.0, 0.25]
+    assert cells[0][0] == "rgb({}, {}, {})".format(*POSITIVE_RGB)  # the largest |cell| at full hue
+    assert cells[2][0] == "rgb(255, 255, 255)"
+    # Row sums (token scores of a) and column sums (of b) in the margins.
+    assert re.findall(r'class="attrib-sum" title="([^"]*)"', markup) == ["0.5000", "0.2500", "1.0000", "-0.2500"]
+    assert "error 1.00e-03" in markup
+    assert render_interaction(toy_interaction(), wordpieces=True, page=True, jupyter=False).startswith("<!DOCTYPE html>")
+
+
+def test_heatmap_png(embedding_nlp, pair_docs, tmp_path):
+    result = explain_similarity(embedding_nlp, pair_docs[0], pair_docs[1], n_steps=4)
+    figure = interaction_figure(result)
+    figure.savefig(tmp_path / "pair.png")
+    data = (tmp_path / "pair.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = figure.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(result.tokens_a)
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(result.tokens_b)
+    numpy.testing.assert_allclose(ax.images[0].get_array(), result.matrix)
+    assert ax.images[0].get_clim() == pytest.approx((-abs(result.matrix).max(), abs(result.matrix).max()))

@@ -118,7 +118,7 @@ def explain_similarities(nlp: Language, pairs: Sequence[Tuple[Doc, Doc]], *, lay
             break
         steps *= 2
     settings = {"layer": layer, "n_steps": steps, "reference": reference, "similarity": similarity}
-    return [interaction(docs[a], docs[b], layouts[a], layouts[b], matrix.numpy(), term, error, settings)
+    return [interaction(docs[a], docs[b], layouts[a], layouts[b], matrix.cpu().numpy(), term, error, settings)
             for (a, b), matrix, term, error in zip(pair_index, matrices, terms, errors)]
 
 
@@ -151,13 +151,15 @@ def token_projections(view: EmbeddingView, batch: EncodedBatch, layouts: List[Wo
 
     An instance is a copy of a doc's rows at one path point with the tangent Δ_i; instances of all docs
     run together, at most `max_rows` transformer rows per pass (at least one instance)."""
-    alphas, weights = (torch.as_tensor(v, dtype=inputs.dtype) for v in quadrature_points(n_steps, "gausslegendre"))
+    device = inputs.device
+    alphas, weights = (torch.as_tensor(v, dtype=inputs.dtype, device=device)
+                       for v in quadrature_points(n_steps, "gausslegendre"))
     difference = inputs - baseline
     offsets = numpy.concatenate([[0], numpy.cumsum([len(layout.positions) for layout in layouts])])
     # Instances (doc, column of P over all docs, flat position in the doc's rows, path point).
     instances = [(d, offsets[d] + i, int(p), n) for d, layout in enumerate(layouts)
                  for i, p in enumerate(layout.positions) for n in range(n_steps)]
-    projections = torch.zeros((inputs.shape[-1], int(offsets[-1])), dtype=inputs.dtype)
+    projections = torch.zeros((inputs.shape[-1], int(offsets[-1])), dtype=inputs.dtype, device=device)
     start = 0
     while start < len(instances):
         end, rows = start, 0
@@ -168,20 +170,20 @@ def token_projections(view: EmbeddingView, batch: EncodedBatch, layouts: List[Wo
         start = end
         doc_index = [d for d, _, _, _ in chunk]
         rows_of = batch.row_index(doc_index)
-        counts = torch.tensor([batch.rows[d] for d in doc_index])
+        counts = torch.tensor([batch.rows[d] for d in doc_index], device=device)
         first_row = torch.cumsum(counts, 0) - counts
         alpha = torch.repeat_interleave(alphas[[n for _, _, _, n in chunk]], counts).view(-1, 1, 1)
         primal = baseline[rows_of] + alpha * difference[rows_of]
-        positions = torch.tensor([p for _, _, p, _ in chunk])
+        positions = torch.tensor([p for _, _, p, _ in chunk], device=device)
         row = first_row + positions // batch.width
         column = positions % batch.width
-        source_row = torch.tensor([batch.row_starts[d] for d in doc_index]) + positions // batch.width
+        source_row = torch.tensor([batch.row_starts[d] for d in doc_index], device=device) + positions // batch.width
         tangent = torch.zeros_like(primal)
         tangent[row, column] = difference[source_row, column]
         with torch.no_grad(), forward_ad.dual_level(), view.forward_mode():
             jvp = forward_ad.unpack_dual(view.embed(batch, forward_ad.make_dual(primal, tangent), doc_index)).tangent
         weighted = jvp * weights[[n for _, _, _, n in chunk]].unsqueeze(-1)
-        projections.index_add_(1, torch.tensor([c for _, c, _, _ in chunk]), weighted.T)
+        projections.index_add_(1, torch.tensor([c for _, c, _, _ in chunk], device=device), weighted.T)
     return [projections[:, offsets[d]:offsets[d + 1]] for d in range(len(layouts))]
 
 

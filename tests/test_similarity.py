@@ -244,7 +244,10 @@ def test_model_untouched(embedding_nlp, pair_docs):
 
 
 @pytest.mark.parametrize("settings, message", [({"similarity": "l2"}, "similarity"), ({"reference": "mask"}, "reference"),
-                                               ({"layer": 3}, "layer"), ({"n_steps": 0}, "n_steps")])
+                                               ({"layer": 3}, "layer"), ({"n_steps": 0}, "n_steps"),
+                                               ({"n_steps": "Auto"}, "n_steps"),
+                                               ({"n_steps": "auto", "tolerance": 0.0}, "tolerance"),
+                                               ({"internal_batch_size": 0}, "internal_batch_size")])
 def test_bad_settings(embedding_nlp, pair_docs, settings, message):
     with pytest.raises(ValueError, match=message):
         explain_similarity(embedding_nlp, pair_docs[0], pair_docs[1], **settings)
@@ -298,3 +301,14 @@ def test_heatmap_png(embedding_nlp, pair_docs, tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == list(result.tokens_b)
     numpy.testing.assert_allclose(ax.images[0].get_array(), result.matrix)
     assert ax.images[0].get_clim() == pytest.approx((-abs(result.matrix).max(), abs(result.matrix).max()))
+
+
+def test_interaction_round_trip(embedding_nlp, pair_docs):
+    import srsly
+
+    result = explain_similarity(embedding_nlp, pair_docs[0], pair_docs[1], n_steps=4)
+    loaded = Interaction.from_dict(srsly.msgpack_loads(srsly.msgpack_dumps(result.to_dict())))
+    numpy.testing.assert_array_equal(loaded.matrix, result.matrix)
+    numpy.testing.assert_array_equal(loaded.wordpiece_matrix, result.wordpiece_matrix)
+    assert (loaded.tokens_a, loaded.wordpieces_b, loaded.alignment_a) == (result.tokens_a, result.wordpieces_b, result.alignment_a)
+    assert loaded.extras == result.extras and loaded.output == result.output

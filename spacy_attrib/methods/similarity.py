@@ -94,6 +94,9 @@ def explain_similarities(nlp: Language, pairs: Sequence[Tuple[Doc, Doc]], *, lay
         raise ValueError(f"layer must be 'auto' or an integer in 0..{depth}, got {layer!r}")
     if n_steps != "auto" and (isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1):
         raise ValueError(f"n_steps must be 'auto' or a positive integer, got {n_steps!r}")
+    if n_steps == "auto" and not (tolerance > 0 and max_steps >= AUTO_FIRST_STEPS):
+        raise ValueError(f"n_steps='auto' needs tolerance > 0 and max_steps >= {AUTO_FIRST_STEPS}, "
+                         f"got {tolerance!r} and {max_steps!r}")
     if internal_batch_size < 1:
         raise ValueError(f"internal_batch_size must be at least 1, got {internal_batch_size}")
     docs, pair_index = unique_docs(pairs)

@@ -8,14 +8,17 @@ Factories are registered through the ``spacy_factories`` entry point, so ``spacy
 saved pipeline without an import.
 """
 
-from .attribution import Attribution, Segment, install_extensions, iter_attributions
+from .embedding import SentenceEmbedding, set_vector_hooks  # registers the sentence_embedding factory
+from .attribution import Attribution, Interaction, Segment, install_extensions, iter_attributions
 from .pairs import make_pair, pair_segments
 from .render import render, serve
 from .targets import Target
 from .view import DifferentiableView
+from .methods.similarity import explain_similarities, explain_similarity
 
 __version__ = "0.1.0"
 __all__ = ["Attribution", "DifferentiableView", "Segment", "Target", "install_extensions", "iter_attributions", "make_pair",
-           "pair_segments", "render", "serve"]
+           "pair_segments", "render", "serve", "Interaction", "explain_similarity", "explain_similarities",
+           "SentenceEmbedding", "set_vector_hooks"]
 
 install_extensions()

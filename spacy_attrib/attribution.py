@@ -93,6 +93,77 @@ class Attribution:
         )
 
 
+@dataclass(frozen=True)
+class Interaction:
+    """A token × token explanation of one output of two docs (a, b): ``matrix[i, j]`` is what the pair of
+    token i of a and token j of b contributed (for integrated Jacobians, `spacy_attrib.methods.similarity`).
+
+    method: the method's name.
+    matrix: (tokens of a, tokens of b), spaCy tokens (a token with no wordpiece has a zero row/column).
+    tokens_a, tokens_b: the token texts.
+    wordpiece_matrix: (real wordpieces of a, real wordpieces of b), special tokens included.
+    wordpieces_a, wordpieces_b: the wordpieces, row after row (padding excluded).
+    alignment_a, alignment_b: for each spaCy token, the indices into its side's wordpieces it covers.
+    output: the explained output, e.g. the similarity s(a, b).
+    extras: method-specific values, e.g. ``error`` (completeness error) and ``reference_terms``.
+    """
+
+    method: str
+    matrix: numpy.ndarray
+    tokens_a: Tuple[str, ...]
+    tokens_b: Tuple[str, ...]
+    wordpiece_matrix: numpy.ndarray
+    wordpieces_a: List[str]
+    wordpieces_b: List[str]
+    alignment_a: List[List[int]]
+    alignment_b: List[List[int]]
+    output: float
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scores_a(self) -> numpy.ndarray:
+        """Per token of a: its row sum, what it contributed together with all of b."""
+        return self.matrix.sum(1)
+
+    @property
+    def scores_b(self) -> numpy.ndarray:
+        """Per token of b: its column sum."""
+        return self.matrix.sum(0)
+
+    @property
+    def error(self) -> Optional[float]:
+        """The completeness error, where the method has one."""
+        return self.extras.get("error")
+
+    def transposed(self) -> "Interaction":
+        """The same explanation with the sides swapped: (b, a)."""
+        return Interaction(self.method, self.matrix.T, self.tokens_b, self.tokens_a, self.wordpiece_matrix.T,
+                           self.wordpieces_b, self.wordpieces_a, self.alignment_b, self.alignment_a, self.output,
+                           dict(self.extras))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "method": self.method, "matrix": numpy.asarray(self.matrix, dtype="float32"),
+            "tokens_a": list(self.tokens_a), "tokens_b": list(self.tokens_b),
+            "wordpiece_matrix": numpy.asarray(self.wordpiece_matrix, dtype="float32"),
+            "wordpieces_a": list(self.wordpieces_a), "wordpieces_b": list(self.wordpieces_b),
+            "alignment_a": [list(map(int, a)) for a in self.alignment_a],
+            "alignment_b": [list(map(int, a)) for a in self.alignment_b],
+            "output": float(self.output), "extras": dict(self.extras),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Interaction":
+        return cls(
+            method=data["method"], matrix=numpy.asarray(data["matrix"], dtype="float32"),
+            tokens_a=tuple(data["tokens_a"]), tokens_b=tuple(data["tokens_b"]),
+            wordpiece_matrix=numpy.asarray(data["wordpiece_matrix"], dtype="float32"),
+            wordpieces_a=list(data["wordpieces_a"]), wordpieces_b=list(data["wordpieces_b"]),
+            alignment_a=[list(a) for a in data["alignment_a"]], alignment_b=[list(a) for a in data["alignment_b"]],
+            output=float(data["output"]), extras=dict(data.get("extras", {})),
+        )
+
+
 def segments_of(scores: numpy.ndarray, ranges: List[Tuple[str, int, int, List[str]]]) -> Dict[str, Segment]:
     """Segments (name, start, end, token texts) with their slices of the token scores."""
     return {name: Segment(name, int(start), int(end), tuple(tokens), scores[start:end])

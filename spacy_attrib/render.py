@@ -4,6 +4,10 @@ blue for positive.
     from spacy_attrib.render import render, serve
     html = render(docs, "integrated_gradients")   # a fragment; page=True for a whole page
     serve(docs)                                   # http://0.0.0.0:5000
+
+A token × token `Interaction` (integrated Jacobians of a similarity) renders as a heatmap, as the figures of
+Moeller et al. (2023) show it: `render_interaction` (HTML, the same colours) and `interaction_figure`
+(matplotlib; ``interaction_figure(result).savefig("pair.png")``).
 """
 
 import html
@@ -14,7 +18,7 @@ from spacy.tokens import Doc
 from spacy.util import is_in_jupyter
 from wasabi import msg
 
-from .attribution import Attribution, iter_attributions
+from .attribution import Attribution, Interaction, iter_attributions
 
 NEGATIVE_RGB = (214, 39, 40)
 NEUTRAL_RGB = (255, 255, 255)
@@ -32,6 +36,11 @@ CSS = """
 .attrib-legend { width: 14em; font-size: 12px; color: #555; margin-top: 0.5em; }
 .attrib-scale { height: 0.8em; border: 1px solid #ccc; }
 .attrib-scale-labels { display: flex; justify-content: space-between; }
+.attrib-heatmap { border-collapse: collapse; font-size: 13px; }
+.attrib-heatmap td { width: 2.2em; height: 2.2em; border: 1px solid #eee; }
+.attrib-heatmap th { font-weight: normal; padding: 0 0.4em; text-align: right; }
+.attrib-heatmap thead th { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left; padding: 0.4em 0; }
+.attrib-heatmap .attrib-sum { color: #555; font-style: italic; }
 """
 
 PAGE = """<!DOCTYPE html>
@@ -183,3 +192,70 @@ def _legend(bound: float) -> str:
     return (f'<div class="attrib-legend"><div class="attrib-scale" style="background: {gradient}"></div>'
             f'<div class="attrib-scale-labels"><span>{-bound:.4f}</span><span>0</span>'
             f'<span>{bound:.4f}</span></div></div>')
+
+
+def render_interaction(interactions: Union[Interaction, Iterable[Interaction]], *, wordpieces: bool = False,
+                       page: bool = False, jupyter: Optional[bool] = None) -> str:
+    """HTML heatmaps of token × token interactions: a's tokens down the rows, b's along the columns, each
+    cell on the diverging scale of `render` (red negative, white at 0, blue positive) normalised by the
+    largest |cell| of its matrix, its value in the tooltip; the last column and row hold each token's
+    score (row and column sums). `wordpieces=True` shows the wordpiece matrix instead (special tokens
+    included). Text is escaped; `page` and `jupyter` as for `render`."""
+    interactions = [interactions] if isinstance(interactions, Interaction) else list(interactions)
+    markup = "\n".join(_heatmap(interaction, wordpieces) for interaction in interactions)
+    markup = PAGE.format(css=CSS, body=markup) if page else f"<style>{CSS}</style>\n{markup}"
+    if jupyter or (jupyter is None and is_in_jupyter()):
+        from IPython.display import HTML, display
+
+        display(HTML(f'<span class="tex2jax_ignore">{markup}</span>'))
+    return markup
+
+
+def _interaction_axes(interaction: Interaction, wordpieces: bool) -> Tuple[numpy.ndarray, Sequence[str], Sequence[str]]:
+    if wordpieces:
+        return numpy.asarray(interaction.wordpiece_matrix, dtype="float64"), interaction.wordpieces_a, interaction.wordpieces_b
+    return numpy.asarray(interaction.matrix, dtype="float64"), interaction.tokens_a, interaction.tokens_b
+
+
+def _interaction_heading(interaction: Interaction, matrix: numpy.ndarray) -> str:
+    parts = [interaction.method, f"s(a, b) {interaction.output:.4f}", f"Σ {float(matrix.sum()):.4f}"]
+    if interaction.error is not None:
+        parts.append(f"error {interaction.error:.2e}")
+    return " · ".join(parts)
+
+
+def _heatmap(interaction: Interaction, wordpieces: bool) -> str:
+    matrix, rows, columns = _interaction_axes(interaction, wordpieces)
+    bound = float(numpy.abs(matrix).max(initial=0.0))
+
+    def cell(value: float) -> str:
+        return f'<td style="background: {colour(value, bound)}" title="{value:.4f}"></td>'
+
+    head = "".join(f"<th>{html.escape(text)}</th>" for text in columns)
+    body = [f'<tr><th>{html.escape(text)}</th>{"".join(cell(v) for v in row)}'
+            f'<td class="attrib-sum" title="{row.sum():.4f}">{row.sum():.2f}</td></tr>'
+            for text, row in zip(rows, matrix)]
+    sums = "".join(f'<td class="attrib-sum" title="{v:.4f}">{v:.2f}</td>' for v in matrix.sum(0))
+    return (f'<div class="attrib-block"><div class="attrib-heading">{html.escape(_interaction_heading(interaction, matrix))}</div>'
+            f'<table class="attrib-heatmap"><thead><tr><th></th>{head}<th class="attrib-sum">Σ</th></tr></thead>'
+            f'<tbody>{"".join(body)}<tr><th class="attrib-sum">Σ</th>{sums}<td></td></tr></tbody></table>'
+            f"{_legend(bound)}</div>")
+
+
+def interaction_figure(interaction: Interaction, *, wordpieces: bool = False, ax=None):
+    """A matplotlib heatmap of the interaction (a's tokens down, b's across, ``RdBu`` symmetric around 0,
+    a colour bar, the similarity and the completeness error in the title), as the paper's figures show
+    it. Returns the Figure; ``.savefig("pair.png")`` writes a PNG. Needs matplotlib."""
+    from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global figure state
+
+    matrix, rows, columns = _interaction_axes(interaction, wordpieces)
+    if ax is None:
+        ax = Figure(figsize=(1.5 + 0.45 * len(columns), 1.5 + 0.45 * len(rows))).subplots()
+    bound = float(numpy.abs(matrix).max(initial=0.0)) or 1.0
+    image = ax.imshow(matrix, cmap="RdBu", vmin=-bound, vmax=bound)
+    ax.set_xticks(range(len(columns)), labels=list(columns), rotation=90)
+    ax.set_yticks(range(len(rows)), labels=list(rows))
+    ax.set_title(_interaction_heading(interaction, matrix), fontsize=9)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -25,6 +25,7 @@ from thinc.api import Model
 
 from ..targets import LabelsSetting, Target
 from . import attention, guards, internals
+from .embedding import EmbeddingView
 from .encoding import EncodedBatch, encode
 from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
 from .heads.tagger import TaggerHead
@@ -278,4 +279,4 @@ def default_head(nlp: Language, transformer_name: str) -> str:
     raise ValueError(f"Several heads listen to the transformer: {supported}. Choose one with `head`.")
 
 
-__all__ = ["DifferentiableView", "EncodedBatch", "ViewOutput", "SUPPORTED_HEADS", "encoder_depth", "head_kind_of"]
+__all__ = ["DifferentiableView", "EmbeddingView", "EncodedBatch", "ViewOutput", "SUPPORTED_HEADS", "encoder_depth", "head_kind_of"]

@@ -29,7 +29,7 @@ from .embedding import EmbeddingView
 from .encoding import EncodedBatch, encode
 from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
 from .heads.tagger import TaggerHead
-from .transformer import AttributionSite, TransformerRun, encoder_layers
+from .transformer import AttributionSite, TransformerAccess, TransformerRun, encoder_layers
 
 OUTPUTS = ("log_prob", "prob", "logit")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -53,7 +53,7 @@ class ViewOutput:
     doc_index: List[int]
 
 
-class DifferentiableView:
+class DifferentiableView(TransformerAccess):
     """The head named `head` of `nlp`, with the transformer it listens to, as a differentiable function.
 
     nlp (Language): a pipeline with a spacy-transformers `transformer` and a head listening to it.
@@ -92,18 +92,6 @@ class DifferentiableView:
 
     # -- what the pipeline is ------------------------------------------------------------------------
     @property
-    def hf_model(self) -> torch.nn.Module:
-        return self.transformer.model.transformer
-
-    @property
-    def tokenizer(self):
-        return self.transformer.model.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
-
-    @property
     def labels(self) -> Tuple[str, ...]:
         return self.head.labels
 
@@ -114,12 +102,6 @@ class DifferentiableView:
     @property
     def exclusive(self) -> bool:
         return bool(getattr(self.head, "exclusive", True))
-
-    def structural_ids(self) -> List[int]:
-        """Ids of special tokens that frame the text ([CLS], [SEP], <s>, …): baselines keep them."""
-        tokenizer = self.tokenizer
-        content = {tokenizer.unk_token_id, tokenizer.mask_token_id, tokenizer.pad_token_id}
-        return [i for i in tokenizer.all_special_ids if i not in content]
 
     def token_id(self, token: str) -> int:
         """The id of a special token such as ``[PAD]``, with a clear error where the tokenizer has none."""

@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import guards
 from .encoding import EncodedBatch, encode
-from .transformer import AttributionSite, TransformerRun, encoder_layers
+from .transformer import AttributionSite, TransformerAccess, TransformerRun, encoder_layers
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, owners: torch.Tensor, n_docs: int) -> torch.Tensor:
@@ -37,7 +37,7 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, owners: torch.
     return sums / counts.clamp(min=1).unsqueeze(-1)
 
 
-class EmbeddingView:
+class EmbeddingView(TransformerAccess):
     """The transformer of `nlp` as the function from the values at `attribute_at` to each doc's mean-pooled
     sentence vector (see the module docstring). `attribute_at` is a site of `spacy_attrib.view.transformer`:
     an integer k is the hidden states after encoder layer k, the input of layer k + 1."""
@@ -48,18 +48,6 @@ class EmbeddingView:
         guards.register_fork_guard()
         self.transformer_name, self.transformer = find_transformer(nlp)
         self.run = TransformerRun(self.hf_model, attribute_at, torch.float32, self.tokenizer.padding_side)
-
-    @property
-    def hf_model(self) -> torch.nn.Module:
-        return self.transformer.model.transformer
-
-    @property
-    def tokenizer(self):
-        return self.transformer.model.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
 
     @property
     def depth(self) -> int:
@@ -89,10 +77,8 @@ class EmbeddingView:
         tokenizer = self.tokenizer
         if tokenizer.pad_token_id is None:
             raise ValueError(f"The tokenizer of {self.transformer_name!r} has no pad token for the reference")
-        content = {tokenizer.unk_token_id, tokenizer.mask_token_id, tokenizer.pad_token_id}
-        structural = [i for i in tokenizer.all_special_ids if i not in content]
         ids = batch.input_ids.clone()
-        keep = torch.isin(ids, torch.tensor(structural, dtype=ids.dtype, device=ids.device))
+        keep = torch.isin(ids, torch.tensor(self.structural_ids(), dtype=ids.dtype, device=ids.device))
         ids[batch.attention_mask.bool() & ~keep] = tokenizer.pad_token_id
         return ids
 

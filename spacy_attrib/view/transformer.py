@@ -12,7 +12,7 @@ under activation checkpointing, so memory is bounded whatever the length of a do
 """
 
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.utils.checkpoint
@@ -21,6 +21,32 @@ from .encoding import EncodedBatch
 from .guards import transformer_frozen
 
 AttributionSite = Union[str, int]
+
+
+class TransformerAccess:
+    """What the views read of the pipeline's spacy-transformers component (`self.transformer`): its Hugging
+    Face module, tokenizer and device, and the ids of the special tokens that frame a text."""
+
+    transformer: Any
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        return self.transformer.model.transformer
+
+    @property
+    def tokenizer(self):
+        return self.transformer.model.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def structural_ids(self) -> List[int]:
+        """Ids of special tokens that frame the text ([CLS], [SEP], <s>, …): baselines and references keep
+        them."""
+        tokenizer = self.tokenizer
+        content = {tokenizer.unk_token_id, tokenizer.mask_token_id, tokenizer.pad_token_id}
+        return [i for i in tokenizer.all_special_ids if i not in content]
 
 
 class _Captured(Exception):

@@ -12,8 +12,7 @@ import torch
 
 from conftest import transformer_config
 from spacy_attrib import Interaction
-from spacy_attrib.methods.integrated import quadrature_points
-from spacy_attrib.methods.similarity import explain_similarities, explain_similarity
+from spacy_attrib.methods.similarity import d_loop_projections, explain_similarities, explain_similarity
 from spacy_attrib.render import POSITIVE_RGB, interaction_figure, render_interaction
 from spacy_attrib.view.embedding import EmbeddingView
 
@@ -108,23 +107,6 @@ def test_minilm_similarity_matches_plain_transformers_on_stsb():
 
 
 # -- integrated Jacobians ------------------------------------------------------------------------------
-def d_loop_projections(view, batch, inputs, baseline, n_steps, d):
-    """The official route (xsbert `_compute_integrated_jacobian`): for each output dimension, one backward
-    pass over the path points gives a row of J; then P = J · (u − r) summed over the hidden axis."""
-    alphas, weights = quadrature_points(n_steps, "gausslegendre")
-    rows = batch.row_index([d])
-    difference = (inputs - baseline)[rows]
-    jacobian = None
-    for alpha, weight in zip(alphas, weights):
-        point = (baseline[rows] + float(alpha) * difference).requires_grad_()
-        embedding = view.embed(batch, point, [d])[0]
-        grads = torch.stack([torch.autograd.grad(embedding[k], point, retain_graph=True)[0]
-                             for k in range(embedding.shape[0])])
-        jacobian = weight * grads if jacobian is None else jacobian + weight * grads
-    flat = (jacobian * difference).sum(-1).reshape(jacobian.shape[0], -1)
-    return flat[:, torch.as_tensor(batch.layout(d).positions)]
-
-
 @pytest.fixture(scope="module")
 def pair_docs(embedding_nlp):
     return [embedding_nlp(t) for t in ("the movie was very good .", "a great film !", "this plot is dull and slow",

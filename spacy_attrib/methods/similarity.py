@@ -206,3 +206,23 @@ def interaction(doc_a: Doc, doc_b: Doc, layout_a: WordpieceLayout, layout_b: Wor
     return Interaction(METHOD, matrix, tuple(t.text for t in doc_a), tuple(t.text for t in doc_b), wordpiece_matrix,
                        list(layout_a.strings), list(layout_b.strings), layout_a.alignment, layout_b.alignment,
                        term["output"], extras)
+
+
+def d_loop_projections(view: EmbeddingView, batch: EncodedBatch, inputs: torch.Tensor, baseline: torch.Tensor,
+                       n_steps: int, d: int) -> torch.Tensor:
+    """P of doc `d` by the official route (xsbert `_compute_integrated_jacobian`), kept as the reference the
+    tests and `bench/similarity.py` compare `token_projections` with: for each output dimension, one backward
+    pass per path point gives a row of J; then P = J · (u − r) summed over the hidden axis. D backward passes
+    per point, where the JVP route needs one forward pass per wordpiece and point."""
+    alphas, weights = quadrature_points(n_steps, "gausslegendre")
+    rows = batch.row_index([d])
+    difference = (inputs - baseline)[rows]
+    jacobian = None
+    for alpha, weight in zip(alphas, weights):
+        point = (baseline[rows] + float(alpha) * difference).requires_grad_()
+        embedding = view.embed(batch, point, [d])[0]
+        grads = torch.stack([torch.autograd.grad(embedding[k], point, retain_graph=True)[0]
+                             for k in range(embedding.shape[0])])
+        jacobian = weight * grads if jacobian is None else jacobian + weight * grads
+    flat = (jacobian * difference).sum(-1).reshape(jacobian.shape[0], -1)
+    return flat[:, torch.as_tensor(batch.layout(d).positions)]

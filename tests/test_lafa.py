@@ -212,3 +212,23 @@ def test_bad_settings_fail_clearly(textcat_nlp):
     component = make_method(textcat_nlp, "attr_lafa", layer=7)
     with pytest.raises(ValueError, match="layer must be"):
         component.initialize(lambda: examples_of(textcat_nlp, [TEXT]), nlp=textcat_nlp)
+
+
+def test_nlp_initialize_indexes_and_the_saved_pipeline_keeps_the_index(textcat_dir, tmp_path):
+    """spaCy's own initialize hands the component its examples; spacy.load restores the index."""
+    nlp = spacy.load(textcat_dir)
+    nlp.add_pipe("attr_lafa", config={"cutoff_quantile": 0.25})
+    examples = [Example.from_dict(nlp.make_doc(text), {"cats": {"POS": float(label == "POS"),
+                                                                 "NEG": float(label == "NEG")}})
+                for text, label in toy_texts(16, seed=3)]
+    nlp.initialize(lambda: examples)
+    component = nlp.get_pipe("attr_lafa")
+    assert len(component.index) == 16 and component.index.layer == 1  # ⌊5·2/12⌋ → at least 1
+    expected = nlp(TEXT)
+    nlp.to_disk(tmp_path / "pipeline")
+    loaded = spacy.load(tmp_path / "pipeline")
+    again = loaded(TEXT)
+    numpy.testing.assert_array_equal(loaded.get_pipe("attr_lafa").index.encodings, component.index.encodings)
+    for label, ours in results(expected).items():
+        assert results(again)[label].extras["neighbours"] == ours.extras["neighbours"]
+        numpy.testing.assert_allclose(results(again)[label].wordpiece_scores, ours.wordpiece_scores, rtol=1e-6)

@@ -34,11 +34,11 @@ A gradient attribution of a doc X₀ is smoothed with the attributions of simila
 
 The reference docs' pooled encodings, wordpiece ids and base attributions are computed once in
 `initialize(get_examples)` (batched, with a progress bar) and saved with the pipeline; search is exact
-(numpy, float64), which on this project's scale (≤ 100k docs) needs no index library.
+(numpy), which on this project's scale (≤ 100k docs) needs no index library.
 """
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
@@ -93,9 +93,14 @@ def kernel_matrix(kernel: str, a: torch.Tensor, b: torch.Tensor, a_ids: torch.Te
 
 
 def l2_distances(a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
-    """‖a_i − b_j‖₂ for rows of `a` (n, H) and `b` (m, H), in float64, without an (n, m, H) array."""
-    a, b = a.astype("float64"), b.astype("float64")
-    squared = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T
+    """‖a_i − b_j‖₂ for rows of `a` (n, H) and `b` (m, H), without an (n, m, H) array: the squared norms in
+    float64, the products in the inputs' float32 (a float64 copy of a 100k-doc index costs more than the
+    search). Both are centred on `b`'s mean first (distances do not change), which keeps the float32
+    products' cancellation error small where all encodings share a large common part."""
+    centre = b.mean(0, dtype="float64").astype(b.dtype)
+    a, b = a - centre, b - centre
+    squared = ((a.astype("float64") ** 2).sum(1)[:, None] + (b.astype("float64") ** 2).sum(1)[None, :]
+               - 2 * (a @ b.T).astype("float64"))
     return numpy.sqrt(numpy.maximum(squared, 0.0))
 
 
@@ -118,6 +123,7 @@ class ReferenceIndex:
     piece_ids: List[numpy.ndarray]
     maps: List[Dict[str, numpy.ndarray]]
     predicted: List[List[str]]
+    _eligible: Dict[Tuple[str, bool], numpy.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.piece_ids)
@@ -125,9 +131,18 @@ class ReferenceIndex:
     def neighbours(self, distances: numpy.ndarray, label: str, same_label: bool, max_neighbours: int) -> List[int]:
         """The reference docs within ε of a doc (its `distances` to them) with a map for `label`, nearest
         first (ties by index), at most `max_neighbours`."""
-        candidates = [i for i in range(len(self)) if label in self.maps[i]
-                      and (not same_label or label in self.predicted[i]) and distances[i] < self.epsilon]
-        return sorted(candidates, key=lambda i: (distances[i], i))[:max_neighbours]
+        candidates = numpy.flatnonzero(self.eligible(label, same_label) & (distances < self.epsilon))
+        # A stable sort of the candidates (in index order) by distance: ties keep the lower index first.
+        nearest = candidates[numpy.argsort(distances[candidates], kind="stable")[:max_neighbours]]
+        return [int(i) for i in nearest]
+
+    def eligible(self, label: str, same_label: bool) -> numpy.ndarray:
+        """Which reference docs may be neighbours of a target of `label`, (docs,) bool; kept per label."""
+        if (label, same_label) not in self._eligible:
+            self._eligible[label, same_label] = numpy.array(
+                [label in maps and (not same_label or label in predicted)
+                 for maps, predicted in zip(self.maps, self.predicted)], dtype=bool)
+        return self._eligible[label, same_label]
 
     def to_dict(self) -> Dict[str, Any]:
         return {"layer": self.layer, "epsilon": self.epsilon, "encodings": self.encodings,

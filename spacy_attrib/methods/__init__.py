@@ -5,6 +5,7 @@ from .base import AttributionComponent
 from .bottleneck import InformationBottleneck
 from .gradient import GradientXInput, Saliency, SmoothGrad
 from .integrated import IntegratedGradients
+from .lafa import LocallyAggregatedAttribution
 from .marginalization import InputMarginalization
 from .perturbation import KernelShapAttribution, LimeAttribution, Occlusion, ShapleySampling
 from .random import RandomAttribution
@@ -13,3 +14,4 @@ from .relevance import LayerwiseRelevance
 __all__ = ["AttentionRollout", "AttributionComponent", "GradientXInput", "InformationBottleneck", "IntegratedGradients",
            "InputMarginalization", "KernelShapAttribution", "LayerwiseAttentionTracing", "LayerwiseRelevance", "LimeAttribution",
            "Occlusion", "RandomAttribution", "RawAttention", "Saliency", "ShapleySampling", "SmoothGrad"]
+__all__ += ["LocallyAggregatedAttribution"]

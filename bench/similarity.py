@@ -13,13 +13,11 @@ import time
 from pathlib import Path
 
 import numpy
-import spacy
 import torch
 import typer
 
 from spacy_attrib import explain_similarities
 from spacy_attrib.methods.similarity import d_loop_projections, default_layer
-from spacy_attrib.training import transformer_name
 from spacy_attrib.view import encoder_depth
 from spacy_attrib.view.embedding import EmbeddingView
 
@@ -30,14 +28,9 @@ def main(data: Path = typer.Argument(Path("../shared/data/stsb/original/sts-test
          n_steps: int = typer.Option(8, help="Path points (both routes cost in proportion to them)")):
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    from similarity_study import read_pairs
+    from similarity_study import encoder_pipeline, read_pairs
 
-    nlp = spacy.blank("en")
-    nlp.add_pipe("transformer", config={"model": {
-        "@architectures": "spacy-transformers.TransformerModel.v3", "name": transformer_name(transformer),
-        "tokenizer_config": {"use_fast": True}, "get_spans": {"@span_getters": "spacy-transformers.doc_spans.v1"}}})
-    nlp.add_pipe("sentence_embedding")
-    nlp.initialize()
+    nlp = encoder_pipeline(transformer)
     pairs = [(nlp(a), nlp(b)) for a, b, _ in read_pairs(data, n_pairs)]
     explain_similarities(nlp, pairs[:1], n_steps=2)  # warm-up
     start = time.perf_counter()

@@ -29,6 +29,7 @@ from typing import Dict, List, Tuple
 import numpy
 import spacy
 import typer
+from spacy.language import Language
 from wasabi import msg
 
 from spacy_attrib import explain_similarities
@@ -55,6 +56,18 @@ def read_pairs(path: Path, limit: int) -> List[Tuple[str, str, float]]:
     return pairs
 
 
+def encoder_pipeline(transformer: str) -> Language:
+    """The sentence encoder as a spaCy pipeline: its transformer (one window per doc: STS sentences are short)
+    and `sentence_embedding`, nothing trained."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": transformer_name(transformer),
+        "tokenizer_config": {"use_fast": True}, "get_spans": {"@span_getters": "spacy-transformers.doc_spans.v1"}}})
+    nlp.add_pipe("sentence_embedding")
+    nlp.initialize()
+    return nlp
+
+
 def word_class(token) -> str:
     return "punctuation" if token.is_punct else "function" if token.is_stop else "content"
 
@@ -79,12 +92,7 @@ def main(data: Path = typer.Argument(..., help="STS-B TSV (sts-test.tsv or GLUE'
     pairs = read_pairs(data, limit)
     if not pairs:
         msg.fail(f"{data} holds no pairs", exits=1)
-    nlp = spacy.blank("en")
-    nlp.add_pipe("transformer", config={"model": {
-        "@architectures": "spacy-transformers.TransformerModel.v3", "name": transformer_name(transformer),
-        "tokenizer_config": {"use_fast": True}, "get_spans": {"@span_getters": "spacy-transformers.doc_spans.v1"}}})
-    nlp.add_pipe("sentence_embedding")
-    nlp.initialize()
+    nlp = encoder_pipeline(transformer)
     docs = [(nlp(a), nlp(b)) for a, b, _ in pairs]
     n_steps = [int(s) for s in steps.split(",")]
     completeness = []

@@ -26,7 +26,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # every config declares the same ones).
 CONFIG_METHODS = ("integrated_gradients", "gradient_x_input", "saliency", "smoothgrad", "random", "lrp", "attention",
                   "attention_rollout", "lat", "information_bottleneck", "occlusion", "lime", "shapley_sampling",
-                  "kernel_shap", "input_marginalization", "occlusion_unk")
+                  "kernel_shap", "input_marginalization", "occlusion_unk", "lafa")
 
 POSITIVE = ["good", "great", "wonderful", "warm", "witty", "wise", "fun", "brilliant"]
 NEGATIVE = ["bad", "awful", "terrible", "dull", "boring", "weak", "slow", "mess"]
@@ -300,6 +300,17 @@ def texts() -> List[str]:
 def make_method(nlp: Language, factory: str, **config):
     """An attribution component for `nlp`, created without adding it to the shared pipeline."""
     return nlp.create_pipe(factory, config=config)
+
+
+def examples_of(nlp: Language, texts: List[str]) -> List[Example]:
+    return [Example(nlp.make_doc(text), nlp.make_doc(text)) for text in texts]
+
+
+def initialized(nlp: Language, factory: str, texts: List[str], **config):
+    """A `factory` component whose state is fitted on `texts` through initialize(get_examples)."""
+    component = make_method(nlp, factory, **config)
+    component.initialize(lambda: examples_of(nlp, texts), nlp=nlp)
+    return component
 
 
 def explain(nlp: Language, factory: str, texts: List[str], **config):

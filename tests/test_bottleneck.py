@@ -6,26 +6,18 @@ import numpy
 import pytest
 import spacy
 import torch
-from spacy.training import Example
 
 from spacy_attrib import iter_attributions
 from spacy_attrib.methods.bottleneck import bottleneck, capacity, default_layer
 from spacy_attrib.methods.bottleneck.statistics import REFERENCE_STD
 
-from conftest import explain, make_method, planted_key_texts, toy_texts, weights_snapshot
+from conftest import examples_of, explain, initialized, make_method, planted_key_texts, toy_texts, weights_snapshot
 
 FAST = {"steps": 3, "n_samples": 3}
 
 
-def examples_of(nlp, texts):
-    return [Example(nlp.make_doc(text), nlp.make_doc(text)) for text in texts]
-
-
 def fitted(nlp, texts, **config):
-    """A dataset-statistics component fitted on `texts`."""
-    component = make_method(nlp, "attr_information_bottleneck", **config)
-    component.initialize(lambda: examples_of(nlp, texts), nlp=nlp)
-    return component
+    return initialized(nlp, "attr_information_bottleneck", texts, **config)
 
 
 def scores_of(component, docs):

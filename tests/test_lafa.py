@@ -9,20 +9,13 @@ import spacy
 import torch
 from spacy.training import Example
 
-from conftest import explain, make_method, toy_texts, trigger_sentence, weights_snapshot
+from conftest import examples_of, explain, initialized, make_method, toy_texts, trigger_sentence, weights_snapshot
 
 TEXT = "the film was good and the plot was good ."
 
 
-def examples_of(nlp, texts):
-    return [Example(nlp.make_doc(text), nlp.make_doc(text)) for text in texts]
-
-
 def lafa(nlp, texts, **config):
-    """An attr_lafa component indexed on `texts` through initialize(get_examples)."""
-    component = make_method(nlp, "attr_lafa", **config)
-    component.initialize(lambda: examples_of(nlp, texts), nlp=nlp)
-    return component
+    return initialized(nlp, "attr_lafa", texts, **config)
 
 
 def run(component, nlp, texts):

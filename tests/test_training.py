@@ -133,11 +133,12 @@ def test_config_defaults_are_the_cpu_setting(path, tiny_bert):
 
 # -- the callback ----------------------------------------------------------------------------------
 def test_callback_enables_a_copy(config_nlps, monkeypatch):
-    from spacy_attrib.methods import InformationBottleneck
+    from spacy_attrib.methods import InformationBottleneck, LocallyAggregatedAttribution
 
-    # The copy alone (config_nlps are not initialized: nothing to fit statistics on); the fitting part of the
-    # callback is tested in test_bottleneck.py.
-    monkeypatch.setattr(InformationBottleneck, "fits_state", property(lambda self: False))
+    # The copy alone (config_nlps are not initialized: nothing to fit statistics or indexes on); the fitting
+    # part of the callback is tested in test_bottleneck.py.
+    for stateful in (InformationBottleneck, LocallyAggregatedAttribution):
+        monkeypatch.setattr(stateful, "fits_state", property(lambda self: False))
     nlp = config_nlps["textcat_sst2.cfg"]
     with nlp.select_pipes(disable=["textcat"]):  # a disabled component that is no attribution stays so
         saved = create_enable_attribution()(nlp)

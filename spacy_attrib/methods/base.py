@@ -81,6 +81,9 @@ class AttributionComponent(Pipe):
     """
 
     method_name = "attribution"
+    #: the name under which the state `initialize` fits is saved (a file beside the settings in `to_disk`, a
+    #: key in `to_bytes`); None for methods whose settings are their whole state
+    state_name: Optional[str] = None
     #: whether the method reads gradients (then it cannot see what no gradient reaches; the head says what)
     uses_gradients = False
 
@@ -139,7 +142,18 @@ class AttributionComponent(Pipe):
         if unknown:
             raise ValueError(f"{self.name} has no setting(s) {unknown}; its settings are {sorted(self.cfg)}")
         self.cfg.update({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in settings.items()})
+        self.settings_changed()
+
+    def settings_changed(self) -> None:
+        """What follows from the settings is rebuilt on next use (after `update_settings` and loading)."""
         self._view = None
+
+    def fitted_state(self) -> Optional[Dict[str, Any]]:
+        """The state `initialize` fitted, as plain data for `state_name` (None: not fitted)."""
+        return None
+
+    def restore_state(self, state: Optional[Dict[str, Any]]) -> None:
+        """Set the state from what `fitted_state` returned (None: not fitted)."""
 
     def initialize(self, get_examples: Optional[Callable] = None, *, nlp: Optional[Language] = None) -> None:
         """Check that the pipeline has what the method needs; methods with state also fit it here."""
@@ -217,25 +231,37 @@ class AttributionComponent(Pipe):
                 segments=segments_of(scores, segments)))
         return attributions
 
-    # -- serialization: the settings are the whole state of a post-hoc method ------------------------
+    # -- serialization: the settings, and the fitted state of methods that have one -------------------
     def to_bytes(self, *, exclude: Tuple = tuple()) -> bytes:
-        return srsly.msgpack_dumps({"cfg": self.cfg})
+        data: Dict[str, Any] = {"cfg": self.cfg}
+        if self.state_name is not None:
+            data[self.state_name] = self.fitted_state()
+        return srsly.msgpack_dumps(data)
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Tuple = tuple()) -> "AttributionComponent":
-        self.cfg.update(srsly.msgpack_loads(bytes_data)["cfg"])
-        self._view = None
+        data = srsly.msgpack_loads(bytes_data)
+        self.cfg.update(data["cfg"])
+        self.settings_changed()
+        if self.state_name is not None:
+            self.restore_state(data[self.state_name])
         return self
 
     def to_disk(self, path: Union[str, Path], *, exclude: Tuple = tuple()) -> None:
         path = ensure_path(path)
         path.mkdir(parents=True, exist_ok=True)
         srsly.write_json(path / "cfg", self.cfg)
+        state = self.fitted_state() if self.state_name is not None else None
+        if state is not None:
+            srsly.write_msgpack(path / self.state_name, state)
 
     def from_disk(self, path: Union[str, Path], *, exclude: Tuple = tuple()) -> "AttributionComponent":
         path = ensure_path(path)
         if (path / "cfg").exists():
             self.cfg.update(srsly.read_json(path / "cfg"))
-        self._view = None
+        self.settings_changed()
+        if self.state_name is not None:
+            state = path / self.state_name
+            self.restore_state(srsly.read_msgpack(state) if state.exists() else None)
         return self
 
 

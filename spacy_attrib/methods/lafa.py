@@ -40,16 +40,14 @@ The reference docs' pooled encodings, wordpiece ids and base attributions are co
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy
-import srsly
 import torch
 from pydantic import StrictInt
 from spacy.language import Language
 from spacy.tokens import Doc
-from spacy.util import ensure_path, minibatch
+from spacy.util import minibatch
 from tqdm import tqdm
 
 from ..view import DifferentiableView, EncodedBatch, encoder_depth
@@ -208,8 +206,8 @@ class LocallyAggregatedAttribution(AttributionComponent):
             raise ValueError(f"layer must be 'auto' or in 0..{n_layers} (0: the embedding output), got {layer}")
         return layer
 
-    def update_settings(self, settings: Dict[str, Any]) -> None:
-        super().update_settings(settings)
+    def settings_changed(self) -> None:
+        super().settings_changed()
         self.base = self._make_base()
 
     # -- the reference index ----------------------------------------------------------------------------
@@ -341,29 +339,14 @@ class LocallyAggregatedAttribution(AttributionComponent):
         values = per_id[doc_inverse] * self.real_positions(batch, d)
         return values.float().cpu().numpy()
 
-    # -- serialization: the settings and the reference index -----------------------------------------
-    def to_bytes(self, *, exclude: Tuple = tuple()) -> bytes:
-        index = self.index.to_dict() if self.index is not None else None
-        return srsly.msgpack_dumps({"cfg": self.cfg, "index": index})
+    # -- serialization: the reference index beside the settings --------------------------------------
+    state_name = "index"
 
-    def from_bytes(self, bytes_data: bytes, *, exclude: Tuple = tuple()) -> "LocallyAggregatedAttribution":
-        super().from_bytes(bytes_data, exclude=exclude)
-        self.base = self._make_base()
-        index = srsly.msgpack_loads(bytes_data)["index"]
-        self.index = ReferenceIndex.from_dict(index) if index is not None else None
-        return self
+    def fitted_state(self) -> Optional[Dict[str, Any]]:
+        return self.index.to_dict() if self.index is not None else None
 
-    def to_disk(self, path: Union[str, Path], *, exclude: Tuple = tuple()) -> None:
-        super().to_disk(path, exclude=exclude)
-        if self.index is not None:
-            srsly.write_msgpack(ensure_path(path) / "index", self.index.to_dict())
-
-    def from_disk(self, path: Union[str, Path], *, exclude: Tuple = tuple()) -> "LocallyAggregatedAttribution":
-        super().from_disk(path, exclude=exclude)
-        self.base = self._make_base()
-        index = ensure_path(path) / "index"
-        self.index = ReferenceIndex.from_dict(srsly.read_msgpack(index)) if index.exists() else None
-        return self
+    def restore_state(self, state: Optional[Dict[str, Any]]) -> None:
+        self.index = ReferenceIndex.from_dict(state) if state is not None else None
 
 
 LAFA_CONFIG: Dict[str, Any] = {**DEFAULT_CONFIG, "attribute_at": "word_embeddings", "base": "saliency",

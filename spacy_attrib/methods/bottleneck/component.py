@@ -20,15 +20,13 @@ is its own optimisation.
 """
 
 from itertools import islice
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Tuple, Union
 
-import srsly
 import torch
 from pydantic import StrictInt
 from spacy.language import Language
 from spacy.tokens import Doc
-from spacy.util import ensure_path, minibatch
+from spacy.util import minibatch
 
 from ...targets import Target, slot_count, slot_values
 from ...view import EncodedBatch, encoder_depth
@@ -198,27 +196,14 @@ class InformationBottleneck(AttributionComponent):
             scaled[start:start + n] = torch.where(mask, (values - low) / (high - low).clamp_min(1e-12), 0.0)
         return scaled
 
-    # -- serialization: the settings and the fitted statistics ---------------------------------------
-    def to_bytes(self, *, exclude: Tuple = tuple()) -> bytes:
-        statistics = self.statistics.to_dict() if self.statistics is not None else None
-        return srsly.msgpack_dumps({"cfg": self.cfg, "statistics": statistics})
+    # -- serialization: the fitted statistics beside the settings ------------------------------------
+    state_name = "statistics"
 
-    def from_bytes(self, bytes_data: bytes, *, exclude: Tuple = tuple()) -> "InformationBottleneck":
-        super().from_bytes(bytes_data, exclude=exclude)
-        statistics = srsly.msgpack_loads(bytes_data)["statistics"]
-        self.statistics = BottleneckStatistics.from_dict(statistics) if statistics is not None else None
-        return self
+    def fitted_state(self) -> Optional[Dict[str, Any]]:
+        return self.statistics.to_dict() if self.statistics is not None else None
 
-    def to_disk(self, path: Union[str, Path], *, exclude: Tuple = tuple()) -> None:
-        super().to_disk(path, exclude=exclude)
-        if self.statistics is not None:
-            srsly.write_msgpack(ensure_path(path) / "statistics", self.statistics.to_dict())
-
-    def from_disk(self, path: Union[str, Path], *, exclude: Tuple = tuple()) -> "InformationBottleneck":
-        super().from_disk(path, exclude=exclude)
-        statistics = ensure_path(path) / "statistics"
-        self.statistics = BottleneckStatistics.from_dict(srsly.read_msgpack(statistics)) if statistics.exists() else None
-        return self
+    def restore_state(self, state: Optional[Dict[str, Any]]) -> None:
+        self.statistics = BottleneckStatistics.from_dict(state) if state is not None else None
 
 
 IBA_CONFIG: Dict[str, Any] = {**{k: v for k, v in DEFAULT_CONFIG.items() if k != "attribute_at"},

@@ -32,6 +32,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.util import minibatch
 
+from .align import WordpieceLayout
 from .view import DifferentiableView, EncodedBatch
 
 REMOVALS = ("delete", "mask", "unk", "pad")
@@ -127,8 +128,10 @@ class Rescorer:
             return self.score(batch.docs, requests)
         instances, members = _instances(requests)
         scores: List[Optional[Score]] = [None] * len(requests)
+        layouts = {d: batch.layout(d) for d in {d for d, _ in instances}}  # once per doc, not per instance
         for chunk in _row_chunks([batch.rows[d] for d, _ in instances], self.max_rows):
-            ids = torch.cat([self._replaced_rows(batch, *instances[k]) for k in chunk])
+            ids = torch.cat([self._replaced_rows(batch, d, removed, layouts[d]) for d, removed in
+                             (instances[k] for k in chunk)])
             with torch.no_grad():
                 output = self.view.forward(batch, doc_index=[instances[k][0] for k in chunk], input_ids=ids,
                                            max_rows=self.max_rows)
@@ -159,11 +162,12 @@ class Rescorer:
                     token, span = moved_target(requests[i], reduced[k][1])
                     scores[i] = self._read(values[j], batch, j, token, span, requests[i].label)
 
-    def _replaced_rows(self, batch: EncodedBatch, d: int, removed: Sequence[int]) -> torch.Tensor:
-        """Doc `d`'s rows with the wordpieces of the `removed` tokens replaced (every window they are in)."""
+    def _replaced_rows(self, batch: EncodedBatch, d: int, removed: Sequence[int], layout: WordpieceLayout
+                       ) -> torch.Tensor:
+        """Doc `d`'s rows (`layout` its layout) with the wordpieces of the `removed` tokens replaced, in
+        every window they are in."""
         start, n = batch.row_starts[d], batch.rows[d]
         ids = batch.input_ids[start:start + n].clone()
-        layout = batch.layout(d)
         pieces = [p for t in removed for p in layout.alignment[t]]
         flat = torch.as_tensor(layout.positions[pieces], dtype=torch.long, device=ids.device)
         ids.view(-1)[flat] = self.replacement

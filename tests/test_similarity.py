@@ -90,11 +90,9 @@ def test_sentence_embedding_rejects_other_pooling():
         nlp.add_pipe("sentence_embedding", config={"pooling": "cls"})
 
 
-def test_minilm_similarity_matches_plain_transformers_on_stsb():
+def test_minilm_similarity_matches_plain_transformers_on_stsb(minilm):
     """all-MiniLM-L6-v2 on ten STS-B dev pairs (loads in under a second, so not marked slow)."""
-    from spacy_attrib.training import minilm_dir
-
-    path = str(minilm_dir())
+    path = str(minilm)
     nlp = embedding_pipeline(path)
     pairs = stsb_pairs()
     assert len(pairs) == 10
@@ -235,13 +233,11 @@ def test_bad_settings(embedding_nlp, pair_docs, settings, message):
         explain_similarity(embedding_nlp, pair_docs[0], pair_docs[1], **settings)
 
 
-def test_minilm_integrated_jacobians_on_stsb():
+def test_minilm_integrated_jacobians_on_stsb(minilm):
     """all-MiniLM-L6-v2, the first STS-B dev pair, the default layer (5 of 6) and 50 points: completeness
     error 1.7e-7 against the four-term combination 3.40 (s(a, b) = 0.993: an off-the-shelf model's
     reference terms do not vanish); the shared content words pair with themselves (the paper's figures)."""
-    from spacy_attrib.training import minilm_dir
-
-    nlp = embedding_pipeline(str(minilm_dir()))
+    nlp = embedding_pipeline(str(minilm))
     a, b = (nlp(text) for text in stsb_pairs()[0])
     result = explain_similarity(nlp, a, b)
     assert result.extras["layer"] == 5 and result.extras["n_steps"] == 50

@@ -7,7 +7,9 @@ Each ``--evaluation`` is a directory written by ``spacy-attrib evaluate`` (``res
 named for the report (``sst2``, ``eraser``). Each ``--gold`` is paired, in order, with an ``--explained``
 (the same docs, with gold annotations and with the pipeline's predictions and attributions): the report
 gives the model's accuracy on them (entity F1 for docs with entities and no cats) and renders the first
-``--examples`` docs for every method.
+``--examples`` docs for every method. Each ``--compare A=B`` puts two of the evaluations side by side (the
+same methods on two pipelines, e.g. a plain model and its VMASK-trained twin): one row per protocol, metric
+and method that both have, with B − A.
 """
 
 import base64
@@ -53,6 +55,23 @@ def metric_table(results: List[Dict]) -> Tuple[List[str], List[List[str]]]:
     return methods, rows
 
 
+def comparison_table(name_a: str, a: List[Dict], name_b: str, b: List[Dict]) -> Tuple[List[str], List[List[str]]]:
+    """(header, rows) of the results both evaluations have: one row per (protocol, metric, method) with the
+    value of each and the difference B − A."""
+    from spacy_attrib.evaluation.report import HIGHER_IS_BETTER
+
+    def values(results: List[Dict]) -> Dict[Tuple[str, str, str], float]:
+        return {(r["protocol"], r["metric"], r["method"]): r["value"] for r in results if r["value"] is not None}
+
+    first, second = values(a), values(b)
+    rows = []
+    for protocol, metric, method in sorted(set(first) & set(second)):
+        arrow = BETTER.get(HIGHER_IS_BETTER.get(metric), "")
+        x, y = first[protocol, metric, method], second[protocol, metric, method]
+        rows.append([protocol, f"{metric} {arrow}".strip(), method, f"{x:.3f}", f"{y:.3f}", f"{y - x:+.3f}"])
+    return ["protocol", "metric", "method", name_a, name_b, f"{name_b} − {name_a}"], rows
+
+
 def model_quality(gold_path: Path, explained_path: Path) -> Tuple[str, float, int]:
     """(measure, value, n): accuracy over docs with gold cats, else entity F1 (spaCy's scorer)."""
     from spacy.scorer import get_ner_prf
@@ -85,9 +104,16 @@ def main(output: Path = typer.Argument(..., help="Directory for report.md and re
          evaluation: List[str] = typer.Option(..., "--evaluation", "-e", help="NAME=DIR of a spacy-attrib evaluate run"),
          gold: List[Path] = typer.Option([], help="DocBin with gold annotations (repeatable, paired with --explained)"),
          explained: List[Path] = typer.Option([], help="The same docs, explained (spacy-attrib explain --output)"),
-         examples: int = typer.Option(3, help="Docs rendered per method")):
+         examples: int = typer.Option(3, help="Docs rendered per method"),
+         compare: List[str] = typer.Option([], help="A=B: evaluations A and B (by NAME) side by side (repeatable)")):
     if len(gold) != len(explained):
         msg.fail(f"Each --gold needs its --explained: got {len(gold)} and {len(explained)}", exits=1)
+    evaluations = [load_evaluation(spec) for spec in evaluation]
+    by_name = {name: data for name, _, data in evaluations}
+    pairs = [spec.split("=", 1) for spec in compare]
+    unknown = sorted({n for pair in pairs for n in pair} - set(by_name)) if all(len(p) == 2 for p in pairs) else compare
+    if unknown:
+        msg.fail(f"--compare takes A=B with A and B among the evaluations {sorted(by_name)}: got {unknown}", exits=1)
     output.mkdir(parents=True, exist_ok=True)
     md = ["# spacy-attrib report", ""]
     body = ["<h1>spacy-attrib report</h1>"]
@@ -95,7 +121,7 @@ def main(output: Path = typer.Argument(..., help="Directory for report.md and re
         measure, value, n = model_quality(gold_path, explained_path)
         md += [f"Model {measure} on {gold_path.name}: **{value:.3f}** (n = {n})", ""]
         body.append(f"<p>Model {measure} on {html.escape(gold_path.name)}: <b>{value:.3f}</b> (n = {n})</p>")
-    for name, directory, data in map(load_evaluation, evaluation):
+    for name, directory, data in evaluations:
         methods, rows = metric_table(data["results"])
         header = ["protocol", "metric", "n"] + methods
         pipeline = data["pipeline"]
@@ -109,6 +135,10 @@ def main(output: Path = typer.Argument(..., help="Directory for report.md and re
             encoded = base64.b64encode(png.read_bytes()).decode("ascii")
             body.append(f'<p><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{encoded}"></p>')
         md += [f"Conventions: {'; '.join(data['conventions'].values())}.", ""]
+    for name_a, name_b in pairs:
+        header, rows = comparison_table(name_a, by_name[name_a]["results"], name_b, by_name[name_b]["results"])
+        md += [f"## {name_b} against {name_a}", "", markdown_table(header, rows), ""]
+        body += [f"<h2>{html.escape(name_b)} against {html.escape(name_a)}</h2>", html_table(header, rows)]
     for explained_path in explained if examples else []:
         docs = list(DocBin().from_disk(explained_path).get_docs(spacy.blank("en").vocab))[:examples]
         keys = sorted({a.method for doc in docs for a in iter_attributions(doc)})

@@ -101,3 +101,16 @@ def test_report_measures_accuracy_for_cats_and_entity_f1_for_entities(tmp_path):
     # predicted: 1 of 2 right; gold: 4 entities -> precision 1/2, recall 1/4, F1 1/3
     measure, value, n = module.model_quality(paths["ents_gold"], paths["ents_predicted"])
     assert (measure, n) == ("entity F1", 2) and abs(value - 1 / 3) < 1e-9
+
+
+def test_report_compares_two_evaluations_on_the_methods_both_have():
+    """--compare A=B: one row per (protocol, metric, method) both evaluations have, with B − A."""
+    def result(method, value, metric="comprehensiveness"):
+        return {"protocol": "eraser", "metric": metric, "method": method, "value": value}
+
+    plain = [result("lime", 0.20), result("occlusion", 0.30), result("random", 0.05), result("lime", None, "sufficiency")]
+    vmask = [result("lime", 0.26), result("occlusion", 0.25), result("vmask", 0.40), result("lime", 0.1, "sufficiency")]
+    header, rows = report_script().comparison_table("plain", plain, "vmask", vmask)
+    assert header == ["protocol", "metric", "method", "plain", "vmask", "vmask − plain"]
+    assert rows == [["eraser", "comprehensiveness ↑", "lime", "0.200", "0.260", "+0.060"],
+                    ["eraser", "comprehensiveness ↑", "occlusion", "0.300", "0.250", "-0.050"]]

@@ -135,13 +135,15 @@ def check_result(doc, key: str, what: str) -> int:
     return len(results)
 
 
-def assert_same_results(first, second, what: str) -> None:
+def assert_same_results(first, second, what: str, tolerance: float = 0.0) -> None:
+    """The same results on two docs: bit for bit, or within `tolerance` of each result's largest |score|."""
     a, b = list(iter_attributions(first)), list(iter_attributions(second))
     assert [(x.method, x.label, x.token, x.span) for x in a] == [(x.method, x.label, x.token, x.span) for x in b], what
     for x, y in zip(a, b):
-        numpy.testing.assert_array_equal(x.wordpiece_scores, y.wordpiece_scores, err_msg=what)
-        numpy.testing.assert_array_equal(x.scores, y.scores, err_msg=what)
-        assert x.output == y.output, what
+        scale = tolerance * max(float(numpy.abs(x.wordpiece_scores).max(initial=0.0)), 1e-12)
+        numpy.testing.assert_allclose(y.wordpiece_scores, x.wordpiece_scores, rtol=0, atol=scale, err_msg=what)
+        numpy.testing.assert_allclose(y.scores, x.scores, rtol=0, atol=scale * len(x.wordpieces), err_msg=what)
+        assert y.output == pytest.approx(x.output, rel=tolerance, abs=tolerance), what
 
 
 # -- the catalogue --------------------------------------------------------------------------------
@@ -370,14 +372,16 @@ def test_a_pickled_pipeline_explains_the_same(explaining_nlp, head):
 
 @pytest.mark.parametrize("head", ALL_HEADS)
 def test_two_processes_equal_one(explaining_nlp, head):
-    """Every catalogued method in one pipeline: nlp.pipe(n_process=2) gives what one process gives."""
+    """Every catalogued method in one pipeline: nlp.pipe(n_process=2) gives what one process gives, up to float
+    error (the children run torch on one thread and explain one doc at a time, which changes the order of
+    float sums: measured up to 3.7e-5 of the largest score, spancat_singlelabel)."""
     nlp = explaining_nlp(head)
     texts = PIPE_TEXTS.get(head, DEFAULT_PIPE_TEXTS)
     serial = list(nlp.pipe(texts))
     parallel = list(nlp.pipe(texts, n_process=2, batch_size=1))
     assert all_results(serial) >= len(CATALOGUE) * len(texts)
     for doc, other in zip(serial, parallel):
-        assert_same_results(doc, other, f"{head}, n_process=2")
+        assert_same_results(doc, other, f"{head}, n_process=2", tolerance=1e-4)
 
 
 # -- rendering --------------------------------------------------------------------------------------

@@ -201,8 +201,10 @@ def as_probability(value: float, output: str) -> float:
 
 
 def decision_threshold(view: DifferentiableView) -> float:
-    """The probability at which a non-exclusive head predicts a label (its component's ``threshold``)."""
-    return float(view.head.pipe.cfg.get("threshold", 0.5))
+    """The probability at which a non-exclusive head predicts a label (its component's ``threshold``; 0.5
+    where it has none, or None as ``spancat_singlelabel``, whose decision is the argmax)."""
+    threshold = view.head.pipe.cfg.get("threshold")
+    return 0.5 if threshold is None else float(threshold)
 
 
 def _instances(requests: Sequence[Removal]) -> Tuple[List[Tuple[int, Tuple[int, ...]]], List[List[int]]]:

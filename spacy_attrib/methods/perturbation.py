@@ -150,28 +150,36 @@ class CaptumSampling(PerturbationMethod):
                      ) -> List[List[numpy.ndarray]]:
         result: List[List[numpy.ndarray]] = []
         for d, doc in enumerate(batch.docs):
+            # A token without wordpieces is a dummy player when removal replaces wordpieces: removing it changes
+            # nothing, so its value is 0. Sampled over, it would take an arbitrary share of the regression fit
+            # (LIME, KernelSHAP with fewer samples than features); it is left out of the features instead.
+            seen = [i for i, pieces in enumerate(batch.layout(d).alignment) if pieces or self.removal() == "delete"]
+            features = numpy.asarray(seen, dtype=int)
             cache: Dict[bytes, numpy.ndarray] = {}
 
-            def forward(features: torch.Tensor) -> torch.Tensor:
-                rows = [row.astype(bool) for row in features.detach().cpu().numpy()]
+            def forward(kept_features: torch.Tensor) -> torch.Tensor:
+                rows = [row.astype(bool) for row in kept_features.detach().cpu().numpy()]
                 missing = list(dict.fromkeys(row.tobytes() for row in rows if row.tobytes() not in cache))
                 if missing:
                     kept = {key: numpy.frombuffer(key, dtype=bool) for key in missing}
-                    found = self.removal_outputs(batch, targets, [(d, tuple(numpy.flatnonzero(~kept[key]).tolist()))
+                    found = self.removal_outputs(batch, targets, [(d, tuple(features[~kept[key]].tolist()))
                                                                   for key in missing])
                     cache.update(zip(missing, found))
                 return torch.as_tensor(numpy.stack([cache[row.tobytes()] for row in rows]), dtype=torch.float64)
 
             method = self.captum_class(forward)
-            inputs = torch.ones((1, len(doc)), dtype=torch.float64)
+            inputs = torch.ones((1, len(features)), dtype=torch.float64)
             per_eval = max(1, self.cfg["internal_batch_size"] // max(batch.rows[d], 1))
             doc_scores = []
             for slot in range(len(targets[d])):
-                # The same draws for every target of the doc: the cache answers all but the first.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(doc_seed(self.cfg["seed"], doc))
-                    attribution = self.attribute(method, forward, inputs, slot, per_eval)
-                doc_scores.append(attribution[0].numpy().astype("float64"))
+                scores = numpy.zeros(len(doc), dtype="float64")
+                if len(features):
+                    # The same draws for every target of the doc: the cache answers all but the first.
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(doc_seed(self.cfg["seed"], doc))
+                        attribution = self.attribute(method, forward, inputs, slot, per_eval)
+                    scores[features] = attribution[0].numpy()
+                doc_scores.append(scores)
             result.append(doc_scores)
         return result
 

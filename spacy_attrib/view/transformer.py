@@ -12,6 +12,7 @@ under activation checkpointing, so memory is bounded whatever the length of a do
 """
 
 from contextlib import contextmanager
+import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
@@ -63,6 +64,7 @@ class TransformerRun:
         self.start_layer = start_layer(hf_model, attribute_at)
         self.dtype = dtype
         self.padding_side = padding_side
+        check_autocast(self.device, dtype)
 
     @property
     def device(self) -> torch.device:
@@ -186,6 +188,26 @@ class TransformerRun:
 def pad_width(values: torch.Tensor, width: int) -> torch.Tensor:
     """Zero-pad (rows, T, hidden) values to `width` positions."""
     return torch.nn.functional.pad(values, (0, 0, 0, width - values.shape[1])) if values.shape[1] < width else values
+
+
+def check_autocast(device: torch.device, dtype: torch.dtype) -> None:
+    """A clear error, before any doc, where torch cannot autocast to `dtype` on `device`: it raises a
+    RuntimeError mid-pass on a CUDA device without bfloat16 or a device type without autocast, and on other
+    devices warns and runs float32 while the setting says bfloat16."""
+    if dtype == torch.float32:
+        return
+    name = str(dtype).replace("torch.", "")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            torch.autocast(device.type, dtype=dtype)
+        except RuntimeError as error:
+            problem = str(error)
+        else:
+            problem = " ".join(str(w.message) for w in caught if "autocast" in str(w.message).lower())
+    if problem:
+        raise ValueError(f"dtype {name!r} is not supported on {device} (torch: {problem.strip()}). "
+                         "Use dtype 'float32'.")
 
 
 def site_module(hf_model: torch.nn.Module, attribute_at: AttributionSite) -> torch.nn.Module:

@@ -111,9 +111,11 @@ def main(output: Path = typer.Argument(..., help="Directory for report.md and re
     evaluations = [load_evaluation(spec) for spec in evaluation]
     by_name = {name: data for name, _, data in evaluations}
     pairs = [spec.split("=", 1) for spec in compare]
-    unknown = sorted({n for pair in pairs for n in pair} - set(by_name)) if all(len(p) == 2 for p in pairs) else compare
-    if unknown:
-        msg.fail(f"--compare takes A=B with A and B among the evaluations {sorted(by_name)}: got {unknown}", exits=1)
+    malformed = [spec for spec, pair in zip(compare, pairs) if len(pair) != 2]
+    unknown = sorted({name for pair in pairs for name in pair} - set(by_name))
+    if malformed or unknown:
+        msg.fail(f"--compare takes A=B with A and B among the evaluations {sorted(by_name)}: got "
+                 f"{malformed + unknown}", exits=1)
     output.mkdir(parents=True, exist_ok=True)
     md = ["# spacy-attrib report", ""]
     body = ["<h1>spacy-attrib report</h1>"]

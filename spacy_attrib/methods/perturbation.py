@@ -149,11 +149,12 @@ class CaptumSampling(PerturbationMethod):
     def token_scores(self, batch: EncodedBatch, targets: List[List[Target]], output: ViewOutput
                      ) -> List[List[numpy.ndarray]]:
         result: List[List[numpy.ndarray]] = []
+        deletes = self.removal() == "delete"
         for d, doc in enumerate(batch.docs):
             # A token without wordpieces is a dummy player when removal replaces wordpieces: removing it changes
             # nothing, so its value is 0. Sampled over, it would take an arbitrary share of the regression fit
             # (LIME, KernelSHAP with fewer samples than features); it is left out of the features instead.
-            seen = [i for i, pieces in enumerate(batch.layout(d).alignment) if pieces or self.removal() == "delete"]
+            seen = [i for i, pieces in enumerate(batch.layout(d).alignment) if pieces or deletes]
             features = numpy.asarray(seen, dtype=int)
             cache: Dict[bytes, numpy.ndarray] = {}
 

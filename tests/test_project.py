@@ -154,7 +154,8 @@ def test_vmask_workflow_runs_end_to_end(tmp_path):
                  "vmask_methods": "occlusion,random", "vmask_settings": ""}
     command = [sys.executable, "-m", "spacy", "project", "run", "vmask", str(project)]
     command += [arg for name, value in overrides.items() for arg in (f"--vars.{name}", str(value))]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    # 15 minutes measured on 2 cores shared with other jobs (load 13); a few on an idle machine
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for name, methods in (("plain", {"occlusion", "random"}), ("vmask", {"occlusion", "random", "vmask"})):
         rows = srsly.read_json(project / "evaluation" / "vmask" / name / "results.json")["results"]
@@ -162,4 +163,5 @@ def test_vmask_workflow_runs_end_to_end(tmp_path):
     report = (project / "reports" / "vmask" / "report.md").read_text(encoding="utf8")
     assert report.count("Model accuracy") == 2 and "## vmask against plain" in report
     compared = report.split("## vmask against plain")[1]
-    assert "| eraser | comprehensiveness ↑ | occlusion |" in compared and "| vmask |" not in compared
+    assert "| eraser | comprehensiveness ↑ | occlusion |" in compared
+    assert "↑ | vmask |" not in compared and "↓ | vmask |" not in compared  # attr_vmask: the VMASK pipeline's only

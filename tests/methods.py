@@ -34,6 +34,9 @@ class Method:
     needs_mlm: the `mlm` setting must name a masked LM of the explained transformer's vocabulary.
     skips_long_doc: why the 5,000-token doc is not given to it (None: it is, on the doc-level heads).
     refusals: the combinations it refuses on purpose.
+    pipeline: the pipelines it explains: ``plain`` (each head kind's trained pipeline) or ``vmask`` (their
+        VMASK twins, `conftest.vmask_twin`: the same weights under a VMASK transformer, for a method that reads
+        what only a VMASK-trained model has).
     """
 
     settings: Dict[str, Any] = field(default_factory=dict)
@@ -41,6 +44,7 @@ class Method:
     needs_mlm: bool = False
     skips_long_doc: Optional[str] = None
     refusals: Tuple[Refusal, ...] = ()
+    pipeline: str = "plain"
 
 
 PER_TOKEN_PASSES = "one forward pass per token and more: 5,000 tokens × 40 windows is minutes on 2 cores"
@@ -66,6 +70,7 @@ CATALOGUE: Dict[str, Method] = {
     "attr_input_marginalization": Method({"max_candidates": 3}, needs_mlm=True, skips_long_doc=PER_TOKEN_PASSES,
                                          refusals=(Refusal({"output": "log_prob"}, "defined on probabilities"),)),
     "attr_lafa": Method({"max_examples": 8}, fits_state=True),
+    "attr_vmask": Method(pipeline="vmask"),
 }
 
 # attr_* factories the suite does not run, each with the reason.

@@ -15,3 +15,5 @@ __all__ = ["AttentionRollout", "AttributionComponent", "GradientXInput", "Inform
            "InputMarginalization", "KernelShapAttribution", "LayerwiseAttentionTracing", "LayerwiseRelevance", "LimeAttribution",
            "Occlusion", "RandomAttribution", "RawAttention", "Saliency", "ShapleySampling", "SmoothGrad"]
 __all__ += ["LocallyAggregatedAttribution"]
+from .masks.vmask_component import VariationalWordMask  # noqa: E402  (after the families it builds on)
+__all__ += ["VariationalWordMask"]

@@ -320,11 +320,11 @@ def explain_corpus(pipeline: str, input: Path, output: Path, *, methods: Sequenc
         raise ValueError(f"workers ({workers}) and batch_size ({batch_size}) must be at least 1")
     if engine == "ray" and importlib.util.find_spec("ray") is None:
         raise ImportError(RAY_HINT)
-    spec = PipelineSpec(pipeline, tuple(methods), tuple(labels), tuple(overrides))
-    nlp = spec.load()  # here first, so that a bad pipeline or method fails before any worker starts
     records = read_records(Path(input), text_field, id_field)
     if not records:
         raise ValueError(f"{input} holds no docs")
+    spec = PipelineSpec(pipeline, tuple(methods), tuple(labels), tuple(overrides))
+    nlp = spec.load()  # here first, so that a bad pipeline or method fails before any worker starts
     out = PartFiles(Path(output))
     done = out.prepare(resume, overwrite)
     unknown = done - {record.id for record in records}
@@ -421,15 +421,21 @@ def _ray_tables(spec: PipelineSpec, records: List[Record], actors: int, batch_si
     running one, else a new local one)."""
     import ray
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    items = [{"id": r.id, "text": r.text, "doc": r.doc, "error": r.error} for r in records]
-    # At least 4 blocks per actor, so that a block of long docs does not leave the others idle.
-    blocks = max(min(len(items), 4 * actors), math.ceil(len(items) / batch_size))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks)
-    explained = explain_dataset(dataset, spec, actors=actors, batch_size=batch_size, docbin=docbin,
-                                gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor)
-    yield from explained.iter_batches(batch_size=None, batch_format="pyarrow")
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the caller counts docs, not blocks
+        items = [{"id": r.id, "text": r.text, "doc": r.doc, "error": r.error} for r in records]
+        # At least 4 blocks per actor, so that a block of long docs does not leave the others idle.
+        blocks = max(min(len(items), 4 * actors), math.ceil(len(items) / batch_size))
+        dataset = ray.data.from_items(items, override_num_blocks=blocks)
+        explained = explain_dataset(dataset, spec, actors=actors, batch_size=batch_size, docbin=docbin,
+                                    gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor)
+        yield from explained.iter_batches(batch_size=None, batch_format="pyarrow")
+    finally:
+        if started:
+            ray.shutdown()  # its actors too: left to the interpreter's exit, they outlived it (measured)
 
 
 MAX_TASK_RETRIES = 3

@@ -40,6 +40,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -90,10 +91,14 @@ class PipelineSpec:
 
     def load(self) -> Language:
         from .cli import load_pipeline, with_methods
+        from .methods import AttributionComponent
 
         nlp, settings = load_pipeline(self.pipeline, list(self.overrides))
         # A ValueError that names the pipeline's components where it has no attribution component.
-        with_methods(nlp, list(self.methods), list(self.labels), settings)
+        keys = with_methods(nlp, list(self.methods), list(self.labels), settings)
+        for name, pipe in nlp.pipeline:
+            if isinstance(pipe, AttributionComponent) and pipe.key not in keys:
+                nlp.disable_pipe(name)  # a method of the pipeline that was not chosen
         return nlp
 
 
@@ -482,7 +487,10 @@ def explain_dataset(dataset: Any, spec: PipelineSpec, *, actors: int = 1, batch_
     # A doc's own failure is an error row (explain_records); what escapes a batch is the machine's (memory, a
     # lost node), worth a few retries, not Ray's default of retrying forever.
     ray.data.DataContext.get_current().actor_task_retry_on_errors = True
-    return dataset.map_batches(
-        explainer, fn_constructor_kwargs={"spec": spec, "docbin": docbin, "gpu": gpus_per_actor > 0},
-        compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="pyarrow",
-        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_task_retries=MAX_TASK_RETRIES)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing remote args such as max_task_retries but names no replacement for it.
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        return dataset.map_batches(
+            explainer, fn_constructor_kwargs={"spec": spec, "docbin": docbin, "gpu": gpus_per_actor > 0},
+            compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="pyarrow",
+            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_task_retries=MAX_TASK_RETRIES)

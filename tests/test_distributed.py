@@ -216,3 +216,14 @@ def test_bad_input_is_one_line_and_exit_code_1(textcat_dir, corpus, tmp_path, mo
                                                       for a in args])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert message in " ".join(result.output.split()) and "Traceback" not in result.output  # (wasabi wraps it)
+
+
+def test_the_chosen_methods_run_and_the_pipelines_others_do_not(textcat_dir, corpus, tmp_path):
+    nlp = spacy.load(textcat_dir)
+    for method in METHODS:
+        nlp.add_pipe(f"attr_{method}")
+    nlp.to_disk(tmp_path / "with_methods")
+    explain_corpus(str(tmp_path / "with_methods"), corpus, tmp_path / "chosen", methods=["saliency"], progress=False)
+    assert {row["method"] for row in read_output(tmp_path / "chosen").to_pylist()} == {"saliency"}
+    explain_corpus(str(tmp_path / "with_methods"), corpus, tmp_path / "own", progress=False)
+    assert {row["method"] for row in read_output(tmp_path / "own").to_pylist()} == set(METHODS)

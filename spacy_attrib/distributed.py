@@ -366,11 +366,14 @@ _WORKER_NLP: Optional[Language] = None
 
 
 def _start_worker(spec: PipelineSpec, threads: int) -> None:
+    """A spawned worker loads the pipeline and runs torch on its share of the cores; a forked one keeps the
+    pipeline it was forked with, and one torch thread (`view.guards.register_fork_guard`: more would hang
+    on the OpenMP pool of the parent)."""
     import torch
 
     global _WORKER_NLP
-    torch.set_num_threads(threads)
     if _WORKER_NLP is None:
+        torch.set_num_threads(threads)
         _WORKER_NLP = spec.load()
 
 
@@ -386,7 +389,7 @@ def _pool_tables(nlp: Language, spec: PipelineSpec, records: List[Record], worke
                  docbin: bool) -> Iterator[pyarrow.Table]:
     """Tables of rows from a pool of `workers` processes, as chunks complete; at most 2 chunks per worker
     in flight. The workers are forked with `nlp` where the platform forks (as ``nlp.pipe(n_process)`` does:
-    no second import or load), else spawned and load `spec`; each runs torch on its share of the cores. A
+    no second import or load), else spawned and load `spec` (see `_start_worker` for their threads). A
     dead worker breaks the pool: it is started again and the unfinished chunks are resubmitted (at most
     `MAX_POOL_RESTARTS` times, then a RuntimeError; the files written so far stay, for resume)."""
     global _WORKER_NLP

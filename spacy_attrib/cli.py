@@ -270,7 +270,7 @@ def explain_corpus_command(
     id_column: str = typer.Option("id", "--id-column", help="The id field (default where absent: the line number, or the doc's index in a DocBin)"),
     docbin: bool = typer.Option(False, "--docbin", help="Add each explained doc as a DocBin (without doc._.trf_data) to its first row"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray: join this cluster (auto: the running one); default a local one"),
-    gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", help="Ray: default 1 where the cluster has a GPU per actor, else 0"),
+    gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", help="Ray: default 1 where the cluster has GPUs, else 0"),
     cpus_per_actor: Optional[float] = typer.Option(None, "--cpus-per-actor", help="Ray: default 1, less where the actors would hold every CPU"),
 ):
     """Explain a corpus into Parquet, incrementally: every input id appears once, also after --resume; a

@@ -235,14 +235,14 @@ class PartFiles:
     def prepare(self, resume: bool, overwrite: bool) -> Set[str]:
         """Make OUTPUT ready; the ids it already holds (resume), else none. A non-empty OUTPUT needs `resume`
         or `overwrite` (which removes the part files, and refuses a directory with other files)."""
+        if resume and overwrite:
+            raise ValueError("Give --resume or --overwrite, not both")
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"OUTPUT must be a directory, but {self.path} is a file")
         self.path.mkdir(parents=True, exist_ok=True)
         for stale in self.path.glob(".part-*.tmp"):
             stale.unlink()  # an interrupted write
         entries = sorted(self.path.iterdir())
-        if resume and overwrite:
-            raise ValueError("Give --resume or --overwrite, not both")
         if entries and not (resume or overwrite):
             raise ValueError(f"{self.path} is not empty: --resume to explain only the docs it lacks, --overwrite "
                              "to start again (a plain rerun would write every doc twice)")
@@ -317,7 +317,7 @@ def explain_corpus(pipeline: str, input: Path, output: Path, *, methods: Sequenc
     rows to the directory `output` (see the module's docstring); the summary of the run.
 
     workers: local processes or Ray actors. batch_size: docs per ``nlp.pipe`` call and per part file.
-    gpus_per_actor: default 1 where the Ray cluster has GPUs, else 0. cpus_per_actor: default 1, less
+    gpus_per_actor: default 1 where the Ray cluster has GPUs, else 0 (at most the cluster's GPUs in all). cpus_per_actor: default 1, less
     where the actors would otherwise hold every CPU of the cluster (a Ray Data deadlock)."""
     if engine not in ("local", "ray"):
         raise ValueError(f"Unknown engine {engine!r}: local or ray")
@@ -339,7 +339,10 @@ def explain_corpus(pipeline: str, input: Path, output: Path, *, methods: Sequenc
     pending = [record for record in records if record.id not in done]
     start = time.perf_counter()
     summary = CorpusSummary(len(records), len(done), 0, 0, 0, 0.0, workers, engine)
-    with tqdm(total=len(pending), unit="doc", desc="explaining", disable=not progress, smoothing=0.1) as bar:
+    # docs/s even below one doc a second (tqdm's default turns it into s/doc).
+    bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
+    with tqdm(total=len(pending), unit="doc", desc="explaining", disable=not progress, smoothing=0.1,
+              bar_format=bar_format) as bar:
         if engine == "ray":
             tables: Iterable[pyarrow.Table] = _ray_tables(spec, pending, workers, batch_size, docbin, address,
                                                           gpus_per_actor, cpus_per_actor)
@@ -472,15 +475,18 @@ def explain_dataset(dataset: Any, spec: PipelineSpec, *, actors: int = 1, batch_
     doc, error), explained by a pool of `actors` actors (`explainer`, one pipeline each).
 
     gpus_per_actor defaults to 1 where the cluster has GPUs (one process per GPU, a larger batch: spaCy's
-    advice, explosion/spaCy#9242). The actors are given at most all CPUs of the cluster but one, since
+    advice, explosion/spaCy#9242); more GPUs than the cluster has are a ValueError. The actors are given at most all CPUs of the cluster but one, since
     Ray Data's own tasks need a CPU (ray-project/ray#44687): cpus_per_actor defaults to 1 or that share,
     and a larger setting is a ValueError. An exception that escapes a batch is retried, at most
     `MAX_TASK_RETRIES` times (a dead actor is restarted, and its batch retried as often)."""
     import ray
 
-    cluster_cpus = ray.cluster_resources().get("CPU", 0)
+    cluster_cpus, cluster_gpus = ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0)
     if gpus_per_actor is None:
-        gpus_per_actor = 1 if ray.cluster_resources().get("GPU", 0) >= actors else 0
+        gpus_per_actor = 1 if cluster_gpus else 0
+    if actors * gpus_per_actor > cluster_gpus:
+        raise ValueError(f"{actors} actors × {gpus_per_actor} GPUs, but the cluster has {cluster_gpus:g} GPUs (the "
+                         "actors would wait for them forever): use fewer actors or GPUs per actor")
     free = cluster_cpus - 1
     if cpus_per_actor is None:
         cpus_per_actor = min(1.0, free / actors) if free > 0 else 0.0

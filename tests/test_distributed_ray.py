@@ -11,7 +11,10 @@ import pytest
 from spacy_attrib.distributed import PipelineSpec, explain_corpus, explain_dataset, read_output, read_records
 from spacy_attrib.distributed import CorpusExplainer
 
-from test_distributed import METHODS, TEXTS, assert_rows_match, corpus, reference, write_jsonl  # noqa: F401
+import test_distributed
+from test_distributed import METHODS, TEXTS, assert_rows_match, write_jsonl
+
+corpus, reference = test_distributed.corpus, test_distributed.reference  # the local engine's fixtures
 
 ray = pytest.importorskip("ray")
 

@@ -72,3 +72,13 @@ def test_a_resumed_ray_run_explains_only_the_missing_docs(textcat_dir, reference
                              resume=True, progress=False)
     assert (summary.skipped, summary.explained) == (6, 6)
     assert_rows_match(read_output(out).to_pylist(), reference)
+
+
+@pytest.mark.parametrize("resources,message", [
+    ({"actors": 2, "cpus_per_actor": 2}, "leave no CPU of the cluster's 4"),
+    ({"actors": 1, "gpus_per_actor": 1}, "the cluster has 0 GPUs"),
+])
+def test_actors_that_would_wait_forever_are_refused(textcat_dir, resources, message):
+    dataset = ray.data.from_items([{"id": "0", "text": "a film .", "doc": None, "error": None}])
+    with pytest.raises(ValueError, match=message):
+        explain_dataset(dataset, PipelineSpec(str(textcat_dir), METHODS), **resources)

@@ -10,7 +10,8 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e ".[test]"
+	# the ray extra too, so that tests/test_distributed_ray.py runs (it is skipped without Ray)
+	$(VENV)/bin/pip install --quiet -e ".[test,ray]"
 	touch $@
 
 $(VENV)/.demo-model: $(VENV)/.installed

@@ -2,6 +2,7 @@
 
     spacy-attrib explain PIPELINE INPUT [--method integrated_gradients,saliency] [--html out.html] [--output docs.spacy]
     spacy-attrib evaluate PIPELINE DATA [--methods …] [--preset eraser,ferret] [--output DIR]
+    spacy-attrib explain-corpus PIPELINE INPUT OUTPUT [--engine local|ray] [--workers N] [--resume]
 
 INPUT is a text, a ``.txt`` file (one doc per line), a ``.jsonl`` file (objects with a ``"text"``) or a
 DocBin (``.spacy``). DATA is a DocBin with gold annotations (``doc.cats``; human rationales in
@@ -249,6 +250,45 @@ def evaluate(
     plots = report.plot(output)
     msg.table(report.table(), header=("protocol", "metric", "method", "value", "95 % interval", "n"), divider=True)
     msg.good(f"Wrote {output / 'results.json'} and {len(plots)} plots to {output}")
+
+
+@app.command("explain-corpus", context_settings=CONFIG_OVERRIDES)
+@fail_cleanly
+def explain_corpus_command(
+    ctx: typer.Context,
+    pipeline: str = typer.Argument(..., help="Pipeline: a package name or a directory"),
+    source: Path = typer.Argument(..., metavar="INPUT", help="A .txt (a doc per line), .jsonl, .tsv (with a header) or DocBin (.spacy) file"),
+    output: Path = typer.Argument(..., help="Directory of Parquet part files: one row per (doc, method, target)"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Comma-separated methods (default: the pipeline's)"),
+    label: Optional[str] = typer.Option(None, "--label", "-l", help="Labels to explain: predicted, all, last or a comma-separated list (default: each method's setting)"),
+    engine: str = typer.Option("local", "--engine", "-e", help="local (processes on this machine) or ray (Ray Data actors; pip install \"spacy-attrib[ray]\")"),
+    workers: int = typer.Option(1, "--workers", "-w", help="Local processes or Ray actors, each with its own copy of the pipeline"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Docs per nlp.pipe call and per part file"),
+    resume: bool = typer.Option(False, "--resume", help="Explain only the docs OUTPUT lacks (after an interrupted run)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove OUTPUT's part files first"),
+    text_column: str = typer.Option("text", "--text-column", help="The text field of .jsonl and .tsv input"),
+    id_column: str = typer.Option("id", "--id-column", help="The id field (default where absent: the line number, or the doc's index in a DocBin)"),
+    docbin: bool = typer.Option(False, "--docbin", help="Add each explained doc as a DocBin (without doc._.trf_data) to its first row"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray: join this cluster (auto: the running one); default a local one"),
+    gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", help="Ray: default 1 where the cluster has GPUs, else 0"),
+    cpus_per_actor: Optional[float] = typer.Option(None, "--cpus-per-actor", help="Ray: default 1, less where the actors would hold every CPU"),
+):
+    """Explain a corpus into Parquet, incrementally: every input id appears once, also after --resume; a
+    doc that fails becomes a row with its error. Ends with a summary (docs, failures, time, docs/s)."""
+    from .distributed import explain_corpus
+
+    try:
+        summary = explain_corpus(pipeline, source, output, methods=split_list(method), labels=split_list(label),
+                                 overrides=ctx.args, engine=engine, workers=workers, batch_size=batch_size,
+                                 resume=resume, overwrite=overwrite, text_field=text_column, id_field=id_column,
+                                 docbin=docbin, address=address, gpus_per_actor=gpus_per_actor,
+                                 cpus_per_actor=cpus_per_actor)
+    except ImportError as error:
+        raise UsageError(str(error))
+    msg.table(summary.table(), divider=True)
+    for doc_id, error in list(summary.errors.items())[:5]:
+        msg.warn(f"doc {doc_id}: {error}")
+    msg.good(f"Wrote {summary.rows:,} rows of {summary.explained:,} docs to {output}")
 
 
 def paired_examples(gold: List[Doc], explained: Path, nlp: Language) -> List[Example]:

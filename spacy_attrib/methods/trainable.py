@@ -76,7 +76,6 @@ class TrainableAttributionComponent(AttributionComponent, TrainablePipe):
         does not apply to it); with `sgd`, the step too (`finish_update`)."""
         losses = {} if losses is None else losses
         losses.setdefault(self.name, 0.0)
-        self.probe.train()
         with self.view.frozen():
             loss = self.loss(examples)
             if loss is not None:

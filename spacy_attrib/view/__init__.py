@@ -237,8 +237,12 @@ class DifferentiableView(TransformerAccess):
 
 
 # -- where things are in the pipeline --------------------------------------------------------------
+# Components are looked up among all of the pipeline's, disabled ones included: `spacy train` disables its
+# frozen components while it initializes the others (spacy/training/initialize.py), and a trained attribution
+# component (DiffMask) builds its probe from the frozen transformer then. The view runs the Hugging Face
+# module and the head's model itself, so a disabled component serves as well as an enabled one.
 def find_transformer(nlp: Language) -> Tuple[str, Transformer]:
-    found = [(name, pipe) for name, pipe in nlp.pipeline if isinstance(pipe, Transformer)]
+    found = [(name, pipe) for name, pipe in nlp.components if isinstance(pipe, Transformer)]
     if not found:
         raise ValueError(
             "The pipeline has no spacy-transformers 'transformer' component "
@@ -257,7 +261,7 @@ def encoder_depth(nlp: Language) -> int:
 def head_kind_of(nlp: Language, name: str) -> Type[Head]:
     """The head kind of the component `name`, with a clear error where there is no such component or its
     kind is not supported."""
-    if name not in nlp.pipe_names:
+    if name not in nlp.component_names:
         raise ValueError(f"No component named {name!r} in the pipeline {nlp.pipe_names}")
     pipe = nlp.get_pipe(name)
     kind = head_kind(pipe)
@@ -274,7 +278,7 @@ def listeners_of(model: Model, transformer_name: str) -> List[TransformerListene
 
 def default_head(nlp: Language, transformer_name: str) -> str:
     """The single supported component that listens to the transformer."""
-    heads = [name for name, pipe in nlp.pipeline
+    heads = [name for name, pipe in nlp.components
              if isinstance(getattr(pipe, "model", None), Model) and listeners_of(pipe.model, transformer_name)]
     supported = [name for name in heads if head_kind(nlp.get_pipe(name)) is not None]
     if len(supported) == 1:

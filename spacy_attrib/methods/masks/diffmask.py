@@ -58,7 +58,7 @@ from spacy.training import Example
 from spacy.util import minibatch
 
 from ...targets import Target
-from ...view import EncodedBatch, state_site
+from ...view import EncodedBatch, encoder_depth, state_site
 from ...view.heads import ClassifierHead
 from ..base import ASSIGNS, DEFAULT_CONFIG, DType, Labels, Output, WordpieceMap, check_choice
 from ..trainable import TrainableAttributionComponent
@@ -155,22 +155,23 @@ class DiffMask(TrainableAttributionComponent):
         view, cfg = self.view, self.cfg
         embeddings = view.hf_model.get_input_embeddings().weight
         hidden_size = int(embeddings.shape[1])
-        n_states = len(view.states(view.encode([self.nlp.make_doc("a")])))
+        n_states = encoder_depth(self.nlp) + 2
         gate_hidden = hidden_size // 4 if cfg["gate_hidden"] == "auto" else int(cfg["gate_hidden"])
         shape = {"gate": cfg["gate"], "hidden_size": hidden_size, "n_states": n_states, "gate_hidden": gate_hidden,
                  "placeholder": cfg["placeholder"]}
-        torch.manual_seed(cfg["seed"])
-        placeholder = None
-        if cfg["placeholder"]:
-            # The official initialisation: the [MASK] word embedding for the word-embedding state; a
-            # Xavier-normal vector for the states of hidden gates above it.
-            mask = embeddings[view.token_id("mask")].detach().float()
-            if cfg["gate"] == "input":
-                placeholder = mask
-            else:
-                placeholder = torch.nn.init.xavier_normal_(torch.empty(n_states, 1, hidden_size)).reshape(n_states, -1)
-                placeholder[0] = mask
-        return DiffMaskProbe(cfg["gate"], hidden_size, n_states, gate_hidden, placeholder), shape
+        with torch.random.fork_rng(devices=[]):  # the probe's initial weights from `seed`, the global RNG untouched
+            torch.manual_seed(cfg["seed"])
+            placeholder = None
+            if cfg["placeholder"]:
+                # The official initialisation: the [MASK] word embedding for the word-embedding state; a
+                # Xavier-normal vector (1, 1, hidden) for each state of hidden gates above it.
+                mask = embeddings[view.token_id("mask")].detach().float()
+                if cfg["gate"] == "input":
+                    placeholder = mask
+                else:
+                    placeholder = torch.cat([mask[None]] + [torch.nn.init.xavier_normal_(torch.empty(1, 1, hidden_size))[0]
+                                                            for _ in range(n_states - 1)])
+            return DiffMaskProbe(cfg["gate"], hidden_size, n_states, gate_hidden, placeholder), shape
 
     def probe_from_shape(self, shape: Dict[str, Any]) -> DiffMaskProbe:
         placeholder = torch.zeros(1 if shape["gate"] == "input" else shape["n_states"], shape["hidden_size"])
@@ -237,9 +238,13 @@ class DiffMask(TrainableAttributionComponent):
         return int(torch.multinomial(weights.to(self.view.device), 1, generator=self.generator()))
 
     def encoded(self, examples: Iterable[Example]) -> Optional[EncodedBatch]:
+        """The examples' docs that the transformer sees wordpieces of, encoded (None if there is none)."""
         docs = [eg.predicted for eg in examples if len(eg.predicted)]
         batch = self.view.encode(docs) if docs else None
-        return batch if batch is not None and batch.input_ids.numel() and all(batch.rows) else None
+        if batch is not None and not all(batch.rows):
+            docs = [doc for doc, n in zip(docs, batch.rows) if n]
+            batch = self.view.encode(docs) if docs else None
+        return batch
 
     def loss(self, examples: Iterable[Example]) -> Optional[torch.Tensor]:
         """The Lagrangian on a batch at one drawn depth, mean over docs; (KL − ε) is kept for λ's step."""
@@ -286,7 +291,6 @@ class DiffMask(TrainableAttributionComponent):
         generator = torch.Generator(device=self.view.device).manual_seed(cfg["seed"])
         totals = {"l0": 0.0, "kl": 0.0, "agreement": 0.0}
         n = 0
-        probe.eval()
         with self.view.frozen(), torch.no_grad():
             for group in minibatch(examples, cfg["batch_size"]):
                 batch = self.encoded(group)
@@ -312,7 +316,6 @@ class DiffMask(TrainableAttributionComponent):
         depth = cfg["depth"]
         if depth != "layers_kept" and not 0 <= depth < probe.n_states:
             raise ValueError(f"depth must be 'layers_kept' or a state in 0..{probe.n_states - 1}, got {depth}")
-        probe.eval()
         with view.frozen(), torch.no_grad():
             keep = probe.keep(view.states(batch)) * batch.attention_mask.unsqueeze(-1)
             output = view.forward(batch, max_rows=cfg["internal_batch_size"])

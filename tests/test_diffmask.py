@@ -43,8 +43,9 @@ def planted(planted_key_nlp) -> Dict:
     hf = planted_key_nlp.get_pipe("transformer").model.transformer
     # The fixture's own training leaves zeroed .grad tensors (thinc zeroes them after each step): kept as they are.
     grads = [None if p.grad is None else p.grad.clone() for p in hf.parameters()]
+    thinc_grads = {(node.id, name) for node in planted_key_nlp.get_pipe("textcat").model.walk() for name in node.grad_names}
     component = trained(planted_key_nlp, STEPS)
-    return {"component": component, "before": before, "grads": grads}
+    return {"component": component, "before": before, "grads": grads, "thinc_grads": thinc_grads}
 
 
 def keep_of_tokens(component, texts: List[str]) -> List[numpy.ndarray]:
@@ -94,7 +95,8 @@ def test_training_leaves_the_explained_model_bit_identical(planted, planted_key_
     hf = planted_key_nlp.get_pipe("transformer").model.transformer
     for param, grad in zip(hf.parameters(), planted["grads"]):
         assert (param.grad is None) if grad is None else torch.equal(param.grad, grad)
-    assert not any(node.grad_names for node in planted_key_nlp.get_pipe("textcat").model.walk())
+    textcat = planted_key_nlp.get_pipe("textcat").model
+    assert {(node.id, name) for node in textcat.walk() for name in node.grad_names} == planted["thinc_grads"]
     assert float(planted["component"].probe.running_steps.sum()) == STEPS
 
 
@@ -112,7 +114,7 @@ def test_the_readout_is_a_keep_matrix_per_wordpiece_and_layers_kept_its_row_sum(
 
 
 def test_with_eps_huge_every_gate_closes(planted_key_nlp):
-    component = trained(planted_key_nlp, 60, learn_rate=1e-2, eps=1e6)
+    component = trained(planted_key_nlp, 150, learn_rate=2e-2, eps=1e6)
     keep = keep_of_tokens(component, [text for text, _, _ in planted_key_texts(8, seed=3)])
     assert max(float(matrix.max()) for matrix in keep) < 0.1
     assert float(component.probe.lagrange.max()) == 0.0
@@ -128,7 +130,7 @@ def test_the_multiplier_ascends_on_the_constraint_and_is_clipped(planted_key_nlp
     component._drawn = torch.tensor([True, True, False, False])
     component.after_step()
     torch.testing.assert_close(probe.lagrange, torch.tensor([4.0, 0.0, 1.0, 1.0]))
-    for _ in range(200):
+    for _ in range(1000):  # RMSprop's steps shrink to lr = 0.3 as its mean square catches up
         component._pending = torch.tensor([10.0, 0.0, 0.0, 0.0])
         component._drawn = torch.tensor([True, False, False, False])
         component.after_step()

@@ -29,7 +29,8 @@ from .embedding import EmbeddingView
 from .encoding import EncodedBatch, encode
 from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
 from .heads.tagger import TaggerHead
-from .transformer import AttributionSite, TransformerAccess, TransformerRun, encoder_layers, state_site
+from .transformer import AttributionSite, TransformerAccess, TransformerRun, encoder_layers
+from .transformer import state_site
 
 OUTPUTS = ("log_prob", "prob", "logit")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -58,5 +58,5 @@ def test_gates_start_open_and_stay_within_b_plus_minus_10():
     gate = MLPMaxGate(8, 2)
     logits = gate(torch.randn(50, 8) * 100)
     assert ((logits >= -5) & (logits <= 15)).all()
-    assert float(gate.bias) == 5.0
+    assert float(gate.bias.detach()) == 5.0
     assert float(HardConcrete(torch.tensor(5.0)).log_expected_l0().exp()) == pytest.approx(0.995, abs=1e-3)

@@ -14,6 +14,7 @@ from thinc.api import Adam
 
 from conftest import planted_key_texts, weights_snapshot
 from spacy_attrib import iter_attributions
+from spacy_attrib.methods.masks.gates import HardConcrete
 
 STEPS = 300
 # The tiny model learns in a few hundred steps at 3e-3 (the official 3e-4 takes thousands of steps).
@@ -176,3 +177,17 @@ def test_survives_to_disk_and_spacy_load(planted_key_nlp, tmp_path):
         assert b.extras == a.extras
     torch.testing.assert_close(loaded.get_pipe("attr_diffmask").probe.lagrange, component.probe.lagrange)
     assert loaded.get_pipe("attr_diffmask").cfg["depth"] == 0
+
+
+def test_hidden_gates_mask_each_state_alone(planted_key_nlp):
+    """gate = "hidden": one gate and learned placeholder per state; a pass at depth ℓ masks state ℓ only; the
+    readout's columns are each state's own keep probability (no product)."""
+    component = trained(planted_key_nlp, 8, gate="hidden")
+    probe = component.probe
+    assert probe.placeholder.shape == (4, 32) and [probe.masked_state(d) for d in range(4)] == [0, 1, 2, 3]
+    assert not torch.equal(probe.placeholder[0], probe.placeholder[1]) and probe.placeholder.requires_grad
+    batch = component.view.encode([planted_key_nlp.make_doc("the good film")])
+    states = component.view.states(batch)
+    log_keep = HardConcrete(probe.logits(states)).log_expected_l0()
+    torch.testing.assert_close(probe.keep(states), log_keep.exp())
+    assert float(probe.running_steps.sum()) == 8

@@ -1,7 +1,7 @@
 """Speed of spacy-attrib's attribution components against the pipeline itself and against Captum.
 
     python bench/speed.py [--model DIR] [--data FILE] [--n-docs N] [--long] [--memory]
-                          [--dtype float32|bfloat16] [--out result.json]
+                          [--dtypes float32,bfloat16] [--skip-padding] [--out result.json]
 
 One run builds one pipeline and explains the same docs with every method, so all rows are comparable:
 
@@ -62,8 +62,10 @@ with ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment it is flat, 1,045 -> 1,
 
 The machine's load average is recorded at the start and end: on a shared CPU other processes slow every row
 (there ``--threads 1`` can be much faster than torch's default of one thread per core).
-Everything runs on the GPU when torch sees one (``spacy.require_gpu()``); ``--dtype bfloat16`` runs our
-components and the Captum rows (through the same view) under bfloat16 autocast.
+Everything runs on the GPU when torch sees one (``spacy.require_gpu()``). Our components run once per dtype of
+``--dtypes`` (default float32 and bfloat16, rows marked ``[bfloat16]``), the floor and Captum in float32, as users
+call it. The last IG rows run ``n_steps="auto"`` at the tolerance Captum-50's mean gap reaches on these docs:
+the equal-gap comparison (auto's tolerance bounds every doc's gap, so its mean gap ends at or below Captum's).
 """
 
 import argparse
@@ -109,6 +111,7 @@ WARMUP_DOCS = 4
 CHEAP_REPEATS = 5  # inference, floor, saliency and gradient x input are timed best of this many
 N_STEPS = 50
 AUTO_STEPS = {"n_steps": "auto", "tolerance": 0.01, "max_steps": 512}
+EQUAL_GAP_OUTPUT_FLOOR = 1e-9  # the equal-gap row's tolerance is relative to |f(x) − f(x′)| on every doc
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -476,7 +479,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--train", type=Path, default=SST2_TRAIN, help="SST-2 TSV to fine-tune on")
     parser.add_argument("--train-docs", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="our components run in each of these (float32, bfloat16), in the same run; "
+                             "Captum and the floor in float32")
+    parser.add_argument("--skip-padding", action="store_true", help="leave out the padding section")
     parser.add_argument("--batch-size", type=int, default=32, help="docs per group (components, floor)")
     parser.add_argument("--internal-batch-size", type=int, default=128,
                         help="transformer rows per forward/backward (our components and Captum)")
@@ -493,6 +499,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--eraser", type=Path, default=ERASER_VAL, help="ERASER jsonl for the long doc")
     parser.add_argument("--out", type=Path, default=Path("speed.json"))
     args = parser.parse_args(argv)
+    args.dtypes = [dtype.strip() for dtype in args.dtypes.split(",") if dtype.strip()]
+    unknown = sorted(set(args.dtypes) - {"float32", "bfloat16"})
+    if unknown or not args.dtypes:
+        parser.error(f"--dtypes takes float32 and/or bfloat16, got {args.dtypes}")
     args.model = args.model or default_model_dir()
     args.data = args.data or (ERASER_VAL if args.long else SST2_DEV)
     args.n_docs = args.n_docs or ((20 if gpu else 2) if args.long else (872 if gpu else 128))
@@ -500,25 +510,37 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 class Bench:
-    """The pipeline with its attribution components, the corpus, and the rows measured so far."""
+    """The pipeline with its attribution components (one set per dtype), the corpus, and the rows so far."""
 
     def __init__(self, args: argparse.Namespace, nlp: Language, corpus: Corpus):
         self.args, self.nlp, self.corpus, self.n = args, nlp, corpus, len(corpus.texts)
-        common = {"batch_size": args.batch_size, "internal_batch_size": args.internal_batch_size,
-                  "dtype": args.dtype}
-        self.ig_config = {**common, "n_steps": N_STEPS}
-        self.saliency = nlp.add_pipe("attr_saliency", config=common)
-        self.gradient_x_input = nlp.add_pipe("attr_gradient_x_input", config=common)
-        self.ig50 = nlp.add_pipe("attr_integrated_gradients", name="ig50", config={**self.ig_config, "key": "ig50"})
-        self.ig_auto: Optional[AttributionComponent] = None
+        self.common = {"batch_size": args.batch_size, "internal_batch_size": args.internal_batch_size}
+        self.ig_config = {**self.common, "n_steps": N_STEPS}
+        self.components: Dict[str, Dict[str, AttributionComponent]] = {}
         self.auto_error = ""
-        try:
-            self.ig_auto = nlp.add_pipe("attr_integrated_gradients", name="ig_auto",
-                                        config={**self.ig_config, **AUTO_STEPS, "key": "ig_auto"})
-        except ValueError as error:  # a version of the library without adaptive steps
-            self.auto_error = config_error(error)
-        self.view = self.saliency.view
+        for dtype in args.dtypes:
+            config = {**self.common, "dtype": dtype}
+            made = self.components[dtype] = {
+                "attr_saliency": self.add(dtype, "attr_saliency", config),
+                "attr_gradient_x_input": self.add(dtype, "attr_gradient_x_input", config),
+                "ig50": self.add(dtype, "attr_integrated_gradients", {**config, "n_steps": N_STEPS}, "ig50")}
+            try:
+                made["ig_auto"] = self.add(dtype, "attr_integrated_gradients", {**config, **AUTO_STEPS}, "ig_auto")
+            except ValueError as error:  # a version of the library without adaptive steps
+                self.auto_error = config_error(error)
+        self.float32 = self.components.get("float32") or next(iter(self.components.values()))
+        self.ig50 = self.float32["ig50"]
+        # The floor and Captum run through a float32 view: Captum as users call it.
+        self.view = DifferentiableView(nlp) if "float32" not in self.components else self.float32["attr_saliency"].view
         self.rows: List[Row] = []
+
+    def add(self, dtype: str, factory: str, config: Dict[str, Any], key: Optional[str] = None) -> AttributionComponent:
+        """`factory` under `dtype`, named (and keyed) `key` or its method, suffixed by a narrower dtype."""
+        name = (key or factory[len("attr_"):]) + ("" if dtype == "float32" else f"_{dtype}")
+        return self.nlp.add_pipe(factory, name=name, config={**config, "key": name})
+
+    def label(self, method: str, dtype: str) -> str:
+        return method if dtype == "float32" else f"{method} [{dtype}]"
 
     def make_docs(self, count: Optional[int] = None) -> Callable[[], List[Doc]]:
         texts = self.corpus.texts[:count]
@@ -535,9 +557,11 @@ class Bench:
             "nlp.pipe inference (transformer+textcat)": lambda docs: list(nlp.pipe(docs)),
             f"floor: forward+backward, sorted batches of {args.batch_size}":
                 lambda docs: floor_pass(self.view, docs, args.batch_size),
-            "attr_saliency": lambda docs: run_component(self.saliency, docs, nlp.batch_size),
-            "attr_gradient_x_input": lambda docs: run_component(self.gradient_x_input, docs, nlp.batch_size),
         }
+        for dtype, components in self.components.items():
+            for method in ("attr_saliency", "attr_gradient_x_input"):
+                runs[self.label(method, dtype)] = \
+                    lambda docs, component=components[method]: run_component(component, docs, nlp.batch_size)
         best = dict.fromkeys(runs, math.inf)
         with nlp.select_pipes(enable=["transformer", "textcat"]):
             for run in runs.values():
@@ -554,39 +578,54 @@ class Bench:
                 "mean_predicted_probability": statistics.fmean(max(cats.values()) for cats in predictions)}
 
     def measure(self, method: str, run: Callable[[List[Doc]], Any], count: Optional[int] = None,
-                quality: Callable[[Any], Optional[Quality]] = lambda result: None) -> None:
+                quality: Callable[[Any], Optional[Quality]] = lambda result: None) -> Row:
         """An expensive row: best of `--repeats`, on the first `count` docs (then extrapolated)."""
         count = self.n if count is None else count
         self.warm_up(run)
         seconds, result = best_of(self.args.repeats, self.make_docs(count), run)
         scale = self.wordpieces(self.n) / self.wordpieces(count)
-        self.rows.append(make_row(method, seconds, self.n, self.args.repeats, count, quality(result), scale=scale))
+        row = make_row(method, seconds, self.n, self.args.repeats, count, quality(result), scale=scale)
+        self.rows.append(row)
         print(f"  {method}: {seconds:.2f} s", flush=True)
+        return row
+
+    def measure_component(self, method: str, component: AttributionComponent) -> Row:
+        return self.measure(method, lambda docs: run_component(component, docs, self.nlp.batch_size),
+                            quality=lambda docs: component_quality(docs, component.key))
 
     def wordpieces(self, count: int) -> int:
         """Real wordpieces (windows overlapping included) of the first `count` docs."""
         return int(self.view.encode(self.make_docs(count)()).attention_mask.sum())
 
     def integrated_gradients_rows(self) -> None:
-        batch_size, args = self.nlp.batch_size, self.args
-        self.measure(f"attr_integrated_gradients, {N_STEPS} steps",
-                     lambda docs: run_component(self.ig50, docs, batch_size),
-                     quality=lambda docs: component_quality(docs, self.ig50.key))
-        auto_name = "attr_integrated_gradients, n_steps=auto (tol 0.01, max 512)"
-        ig_auto = self.ig_auto
-        if ig_auto is None:
-            self.rows.append(make_row(auto_name, None, self.n, 0, self.n, note=f"n/a: {self.auto_error}"))
-        else:
-            self.measure(auto_name, lambda docs: run_component(ig_auto, docs, batch_size),
-                         quality=lambda docs: component_quality(docs, ig_auto.key))
+        args = self.args
+        auto_name = f"attr_integrated_gradients, n_steps=auto (tol {AUTO_STEPS['tolerance']}, max {AUTO_STEPS['max_steps']})"
+        for dtype, components in self.components.items():
+            self.measure_component(self.label(f"attr_integrated_gradients, {N_STEPS} steps", dtype), components["ig50"])
+            if "ig_auto" in components:
+                self.measure_component(self.label(auto_name, dtype), components["ig_auto"])
+            else:
+                self.rows.append(make_row(self.label(auto_name, dtype), None, self.n, 0, self.n,
+                                          note=f"n/a: {self.auto_error}"))
         captum_docs = min(args.captum_docs or self.n, self.n)
-        view = self.ig50.view
-        self.measure(f"Captum LIG-{N_STEPS}, one doc per call",
-                     lambda docs: captum_per_doc(view, docs, args.internal_batch_size), captum_docs,
-                     quality=lambda quality: quality)
-        self.measure(f"Captum LIG-{N_STEPS}, padded batch of {args.captum_batch} length-sorted docs per call",
-                     lambda docs: captum_batched(view, docs, args.captum_batch, args.internal_batch_size),
-                     captum_docs, quality=lambda quality: quality)
+        captum = [
+            self.measure(f"Captum LIG-{N_STEPS}, one doc per call",
+                         lambda docs: captum_per_doc(self.view, docs, args.internal_batch_size), captum_docs,
+                         quality=lambda quality: quality),
+            self.measure(f"Captum LIG-{N_STEPS}, padded batch of {args.captum_batch} length-sorted docs per call",
+                         lambda docs: captum_batched(self.view, docs, args.captum_batch, args.internal_batch_size),
+                         captum_docs, quality=lambda quality: quality)]
+        if self.auto_error:
+            return
+        # The equal-gap comparison: `auto` at the tolerance that Captum-50's mean gap reaches, relative on
+        # every doc (no output floor, as Captum's gap is), so that auto's mean gap ends at or below Captum's.
+        tolerance = min(row.relative_gap_mean for row in captum)
+        for dtype in self.components:
+            matched = self.add(dtype, "attr_integrated_gradients",
+                               {**self.common, **AUTO_STEPS, "dtype": dtype, "tolerance": tolerance,
+                                "output_floor": EQUAL_GAP_OUTPUT_FLOOR}, "ig_at_captum_gap")
+            self.measure_component(self.label(f"attr_integrated_gradients, n_steps=auto at Captum-{N_STEPS}'s "
+                                              f"mean gap (tol {tolerance:.2e})", dtype), matched)
 
     def add_ratios(self) -> None:
         floor_s = next(row.seconds for row in self.rows if row.method.startswith("floor"))
@@ -615,13 +654,14 @@ def print_report(settings: Dict[str, Any], rows: Sequence[Row], padding: Dict[st
                  memory: Optional[Dict[str, Any]]) -> None:
     print()
     print(f"{settings['docs']} docs from {settings['data']}, {settings['wordpieces']} wordpieces, on "
-          f"{settings['device']} ({settings['torch_threads']} torch threads), {settings['dtype']}; head fine-tuned "
+          f"{settings['device']} ({settings['torch_threads']} torch threads), ours in {' and '.join(settings['dtypes'])}; head fine-tuned "
           f"{settings['epochs']} epochs on {settings['train_docs']} SST-2 train sentences (accuracy on these docs "
           f"{settings['accuracy']:.3f}); load average {settings['load_average_start'][0]:.1f} -> "
           f"{settings['load_average_end'][0]:.1f}; library {settings['library']}")
     print_table(rows)
-    print()
-    print(f"Padding: our IG-{N_STEPS} explain() over groups of docs (positions: of the encoded groups)")
+    if padding:
+        print()
+        print(f"Padding: our IG-{N_STEPS} explain() over groups of docs (positions: of the encoded groups)")
     for name, values in padding.items():
         print(f"  {name}: {values['seconds']:.2f} s, "
               f"{values['padded_positions_per_wordpiece']:.2f} positions per real wordpiece")
@@ -656,7 +696,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "library": library_revision(), "torch": torch.__version__, "spacy": spacy.__version__,
         "torch_threads": torch.get_num_threads(), "model": str(args.model), "data": corpus.source,
         "docs": bench.n, "tokens": sum(map(len, docs)), "wordpieces": int(batch.attention_mask.sum()),
-        "transformer_rows": int(batch.input_ids.shape[0]), "dtype": args.dtype, "batch_size": args.batch_size,
+        "transformer_rows": int(batch.input_ids.shape[0]), "dtypes": args.dtypes, "batch_size": args.batch_size,
         "internal_batch_size": args.internal_batch_size, "captum_batch": args.captum_batch,
         "repeats": args.repeats, "cheap_repeats": CHEAP_REPEATS, "train_docs": args.train_docs,
         "epochs": args.epochs, "fine_tune_s": fine_tune_s, "load_average_start": load_start,
@@ -666,7 +706,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     settings.update(bench.cheap_rows())
     bench.integrated_gradients_rows()
     bench.add_ratios()
-    padding = bench.padding_section()
+    padding = {} if args.skip_padding else bench.padding_section()
     memory = None
     if args.memory:
         memory = memory_section(nlp, nlp.pipe_names[2:], full, read_eraser(args.eraser),

@@ -121,8 +121,9 @@ def main(output: Path = typer.Argument(..., help="Directory for report.md and re
     body = ["<h1>spacy-attrib report</h1>"]
     for gold_path, explained_path in zip(gold, explained):
         measure, value, n = model_quality(gold_path, explained_path)
-        md += [f"Model {measure} on {gold_path.name}: **{value:.3f}** (n = {n})", ""]
-        body.append(f"<p>Model {measure} on {html.escape(gold_path.name)}: <b>{value:.3f}</b> (n = {n})</p>")
+        md += [f"Model {measure} on {gold_path.name} (predictions {explained_path.name}): **{value:.3f}** (n = {n})", ""]
+        body.append(f"<p>Model {measure} on {html.escape(gold_path.name)} (predictions {html.escape(explained_path.name)}): "
+                    f"<b>{value:.3f}</b> (n = {n})</p>")
     for name, directory, data in evaluations:
         methods, rows = metric_table(data["results"])
         header = ["protocol", "metric", "n"] + methods

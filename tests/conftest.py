@@ -460,3 +460,38 @@ def planted_key_nlp(tiny_bert) -> Language:
 def keyword_nlp(tiny_bert) -> Language:
     """A textcat trained until its prediction rests on the sentiment words."""
     return build_pipeline(tiny_bert, "textcat", n_epochs=16)
+
+
+def vmask_twin(nlp: Language, init_keep: float = 0.9, seed: int = 0) -> Language:
+    """A copy of a trained pipeline whose transformer is a `VMaskBertModel` with the same weights and a new mask
+    (keep probabilities about `init_keep`), the head not retrained: a VMASK pipeline of any head kind, for tests
+    that need one but not a trained mask (the reliability suite). tests/test_vmask.py trains real ones."""
+    import pickle
+
+    from spacy_attrib.methods.masks.vmask import VMaskBertConfig, VMaskBertModel
+
+    twin = pickle.loads(pickle.dumps(nlp))
+    # spacy-transformers holds the Hugging Face module twice (the shim's torch model and its HFObjects), as its
+    # own `set_pytorch_transformer` sets them.
+    shim = twin.get_pipe("transformer").model.layers[0].shims[0]
+    plain = shim._model
+    torch.manual_seed(seed)
+    vmask = VMaskBertModel(VMaskBertConfig(**plain.config.to_dict(), init_keep=init_keep))
+    missing, unexpected = vmask.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("vmask") for key in missing), (missing, unexpected)
+    vmask.train(plain.training)
+    shim._model = shim._hfmodel.transformer = vmask
+    return twin
+
+
+@pytest.fixture(scope="session")
+def vmask_twin_of():
+    """`vmask_twin_of(nlp)`: the `vmask_twin` of a session pipeline, made once."""
+    made: Dict[int, Tuple[Language, Language]] = {}  # id → (the pipeline, kept so that its id stays its own; twin)
+
+    def of(nlp: Language) -> Language:
+        if id(nlp) not in made:
+            made[id(nlp)] = (nlp, vmask_twin(nlp))
+        return made[id(nlp)][1]
+
+    return of

@@ -38,6 +38,9 @@ class Method:
         `initialize`s it, untrained, before use (and checks that a call before is a ValueError naming
         `initialize`); what training does is its own test file's.
     heads: the head kinds it explains; on the others it must refuse (list that in `refusals`).
+    pipeline: the pipelines it explains: ``plain`` (each head kind's trained pipeline) or ``vmask`` (their
+        VMASK twins, `conftest.vmask_twin`: the same weights under a VMASK transformer, for a method that reads
+        what only a VMASK-trained model has).
     """
 
     settings: Dict[str, Any] = field(default_factory=dict)
@@ -47,6 +50,7 @@ class Method:
     refusals: Tuple[Refusal, ...] = ()
     trains: bool = False
     heads: Tuple[str, ...] = ALL_HEADS
+    pipeline: str = "plain"
 
 
 PER_TOKEN_PASSES = "one forward pass per token and more: 5,000 tokens × 40 windows is minutes on 2 cores"
@@ -75,6 +79,7 @@ CATALOGUE: Dict[str, Method] = {
     "attr_diffmask": Method(trains=True, heads=("textcat", "textcat_multilabel"),
                             refusals=(Refusal({}, "attr_diffmask explains doc-level classifiers",
                                               heads=("tagger", "ner", "spancat", "spancat_singlelabel")),)),
+    "attr_vmask": Method(pipeline="vmask"),
 }
 
 # attr_* factories the suite does not run, each with the reason.

@@ -6,6 +6,7 @@ import torch
 from captum.attr import IntegratedGradients as CaptumIG
 from captum.attr import LayerIntegratedGradients
 
+from spacy_attrib.methods import integrated
 from spacy_attrib.methods.integrated import baseline_inputs, quadrature_points
 
 from conftest import explain, make_method
@@ -169,3 +170,49 @@ def test_auto_steps_respect_max_steps(saturated_nlp):
     assert result.extras["n_steps"] <= 16
     assert not result.extras["converged"]
     assert result.extras["relative_delta"] <= result.extras["gap_bound"] + 1e-6
+
+
+def test_bfloat16_gap_is_measured_against_float32_outputs(saturated_nlp):
+    """Under bfloat16 the path runs in bfloat16 but f(x) and f(x′) come from float32 passes: the output,
+    the baseline output and the reported gap are those of the float32 model."""
+    exact = ig_results(saturated_nlp, SATURATING, n_steps=20)
+    half = ig_results(saturated_nlp, SATURATING, n_steps=20, dtype="bfloat16")
+    for e, h in zip(exact, half):
+        assert h.output == e.output
+        assert h.extras["baseline_output"] == e.extras["baseline_output"]
+        total = float(numpy.sum(h.wordpiece_scores, dtype="float64"))
+        assert h.extras["delta"] == pytest.approx(total - (e.output - e.extras["baseline_output"]), abs=1e-5)
+
+
+def test_bfloat16_auto_steps_go_to_float32_where_bfloat16_noise_exceeds_the_tolerance(saturated_nlp):
+    """A tolerance below bfloat16's noise: f at the path's ends differs from float32 by more than half the
+    tolerance, so the doc is integrated in float32 at once (no bfloat16 gradient spent) and certified there."""
+    exact = ig_results(saturated_nlp, SATURATING, n_steps="auto", tolerance=1e-4, max_steps=512)
+    half = ig_results(saturated_nlp, SATURATING, n_steps="auto", tolerance=1e-4, max_steps=512, dtype="bfloat16")
+    fell_back = [(e, h) for e, h in zip(exact, half) if "fallback" in h.extras]
+    assert fell_back
+    for e, h in fell_back:
+        assert h.extras["fallback"] == "float32" and h.extras["bfloat16_steps"] == 0
+        assert h.extras["bfloat16_error"] > 0.5e-4
+        assert h.extras["converged"] and h.extras["relative_delta"] <= 1e-4 + 1e-7
+        numpy.testing.assert_allclose(h.wordpiece_scores, e.wordpiece_scores, atol=1e-6)
+    for h in half:
+        assert h.extras["converged"] and h.extras["relative_delta"] <= 1e-4 + 1e-7
+
+
+def test_bfloat16_auto_steps_stop_refining_when_the_gap_bound_stalls(saturated_nlp, monkeypatch):
+    """Without the endpoint check, the second guard: a doc whose gap bound stops shrinking as its segments
+    split goes to float32 well before `max_steps`; none is left uncertified."""
+    monkeypatch.setattr(integrated, "NOISE_SHARE", float("inf"))
+    half = ig_results(saturated_nlp, SATURATING, n_steps="auto", tolerance=1e-4, max_steps=512, dtype="bfloat16")
+    assert any("fallback" in h.extras for h in half)
+    for h in half:
+        assert h.extras["converged"] and h.extras["relative_delta"] <= 1e-4 + 1e-7
+        assert h.extras.get("bfloat16_steps", 0) <= 256
+
+
+def test_bfloat16_auto_steps_certify_a_reachable_tolerance_in_bfloat16(saturated_nlp):
+    """Where bfloat16 noise is below the tolerance, no fallback: certified in bfloat16, measured in float32."""
+    for result in ig_results(saturated_nlp, SATURATING, n_steps="auto", tolerance=0.05, dtype="bfloat16"):
+        assert "fallback" not in result.extras
+        assert result.extras["converged"] and result.extras["relative_delta"] <= 0.05

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import srsly
 from spacy.util import load_config
 from weasel.util import load_project_config
@@ -114,3 +115,53 @@ def test_report_compares_two_evaluations_on_the_methods_both_have():
     assert header == ["protocol", "metric", "method", "plain", "vmask", "vmask − plain"]
     assert rows == [["eraser", "comprehensiveness ↑", "lime", "0.200", "0.260", "+0.060"],
                     ["eraser", "comprehensiveness ↑", "occlusion", "0.300", "0.250", "-0.050"]]
+
+
+def test_vmask_workflow_trains_both_pipelines_alike_and_compares_them():
+    """`vmask`: the plain and the VMASK pipeline on the same data and steps, explained and evaluated alike, the
+    report comparing them; the VMASK config is textcat_sst2.cfg's pipeline on the VMASK architecture."""
+    project = load_project_config(ROOT)
+    commands = {c["name"]: c for c in project["commands"]}
+    assert project["workflows"]["vmask"] == ["convert-demo", "train-demo", "train-vmask", "attribute-vmask",
+                                             "evaluate-vmask", "report-vmask"]
+    plain, vmask = (" ".join(commands[name]["script"]) for name in ("train-demo", "train-vmask"))
+    assert "configs/masks/textcat_sst2_vmask.cfg" in vmask
+    assert plain.split("--output")[1].split(" ", 2)[2] == vmask.split("--output")[1].split(" ", 2)[2]
+    for name in ("attribute-vmask", "evaluate-vmask"):
+        on_plain, on_vmask = commands[name]["script"]
+        assert "training/demo/model-best" in on_plain and "training/vmask/model-best" in on_vmask
+        assert on_vmask.replace("training/vmask", "training/demo").replace(",vmask", "").replace("vmask_", "plain_") \
+            .replace("evaluation/vmask/vmask", "evaluation/vmask/plain") == on_plain
+    assert "--compare plain=vmask" in commands["report-vmask"]["script"][0]
+    config = load_config(ROOT / "configs" / "masks" / "textcat_sst2_vmask.cfg", interpolate=False)
+    assert config["components"]["transformer"]["model"]["@architectures"] == "spacy_attrib.VMaskTransformer.v1"
+    methods = [name for name in config["nlp"]["pipeline"] if name.startswith("attr_")]
+    assert config["nlp"]["disabled"] == methods and methods[-1] == "attr_vmask"
+    assert set(methods) <= {f"attr_{m}" for m in METHODS} | {"attr_vmask"}
+
+
+@pytest.mark.slow
+def test_vmask_workflow_runs_end_to_end(tmp_path):
+    """`spacy project run vmask` on the tiny BERT, a few steps and docs: both pipelines trained, explained,
+    evaluated, and the report's comparison table has the methods both have."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("project.yml", "configs", "scripts", "assets"):
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
+    model = make_tiny_bert(tmp_path / "tiny_bert", max_positions=512)
+    overrides = {"transformer": model, "demo_steps": 4, "vmask_presets": "eraser", "examples": 1,
+                 "vmask_methods": "occlusion,random", "vmask_settings": ""}
+    command = [sys.executable, "-m", "spacy", "project", "run", "vmask", str(project)]
+    command += [arg for name, value in overrides.items() for arg in (f"--vars.{name}", str(value))]
+    # 15 minutes measured on 2 cores shared with other jobs (load 13); a few on an idle machine
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name, methods in (("plain", {"occlusion", "random"}), ("vmask", {"occlusion", "random", "vmask"})):
+        rows = srsly.read_json(project / "evaluation" / "vmask" / name / "results.json")["results"]
+        assert {r["method"] for r in rows} == methods
+    report = (project / "reports" / "vmask" / "report.md").read_text(encoding="utf8")
+    assert report.count("Model accuracy") == 2 and "## vmask against plain" in report
+    compared = report.split("## vmask against plain")[1]
+    assert "| eraser | comprehensiveness ↑ | occlusion |" in compared
+    assert "↑ | vmask |" not in compared and "↓ | vmask |" not in compared  # attr_vmask: the VMASK pipeline's only

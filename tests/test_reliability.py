@@ -13,13 +13,16 @@ against hostile inputs and misuse, with the invariants attribution promises.
   ValueError naming the problem.
 - Pickling a pipeline with attribution components, and `nlp.pipe(n_process=2)`, give the same results.
 - Every renderer escapes hostile text.
+
+A method whose catalogue entry names the ``vmask`` pipeline (attr_vmask) runs on each head's VMASK twin instead
+(`conftest.vmask_twin`: the trained weights under a VMASK transformer with a new mask).
 """
 
 import pickle
 import tomllib
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy
 import pytest
@@ -30,7 +33,7 @@ from spacy.training import Example
 
 from conftest import (build_pipeline, examples_of, initialized, make_masked_lm, make_method, make_tiny_bert,
                       toy_texts, transformer_config, trigger_sentence, weights_snapshot)
-from methods import ALL_HEADS, CATALOGUE, EXCLUDED, HEADS
+from methods import ALL_HEADS, CATALOGUE, EXCLUDED, HEADS, Method
 from spacy_attrib import Attribution, Interaction, iter_attributions, render
 from spacy_attrib.attribution import set_attribution
 from spacy_attrib.render import render_interaction
@@ -82,6 +85,21 @@ def masked_lm_of(tmp_path_factory) -> Callable[[Language], str]:
         return made[bert]
 
     return of
+
+
+@pytest.fixture
+def pipeline_for(request, vmask_twin_of) -> Callable[[str, str], Language]:
+    """`pipeline_for(head, factory)`: the trained pipeline of `head` that `factory` explains (its catalogue
+    entry's `pipeline`: the head's session fixture, or its VMASK twin)."""
+
+    def of(head: str, factory: str) -> Language:
+        return twin_if_needed(request.getfixturevalue(HEADS[head]), factory, vmask_twin_of)
+
+    return of
+
+
+def twin_if_needed(nlp: Language, factory: str, vmask_twin_of: Callable[[Language], Language]) -> Language:
+    return vmask_twin_of(nlp) if CATALOGUE[factory].pipeline == "vmask" else nlp
 
 
 @pytest.fixture
@@ -168,7 +186,7 @@ def test_the_catalogue_says_which_methods_fit_state(textcat_nlp, factory):
 # -- hostile inputs ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("head", ALL_HEADS)
 @pytest.mark.parametrize("factory", sorted(CATALOGUE))
-def test_hostile_inputs(request, method_for, factory, head):
+def test_hostile_inputs(pipeline_for, method_for, factory, head):
     """Every hostile input gives finite scores of the doc's length or an empty result; the model is left
     bit-identical without parameter gradients; the docs that carry the head's sentence give the same
     results twice (the HF module is
@@ -176,7 +194,7 @@ def test_hostile_inputs(request, method_for, factory, head):
     differ)."""
     if head not in CATALOGUE[factory].heads:
         pytest.skip(f"{factory} does not explain {head} heads (its refusal is tested)")
-    nlp = request.getfixturevalue(HEADS[head])
+    nlp = pipeline_for(head, factory)
     hf = nlp.get_pipe("transformer").model.transformer
     hf.train()
     before = weights_snapshot(nlp)
@@ -231,8 +249,8 @@ def long_doc_pipelines(tmp_path_factory) -> Dict[str, Language]:
 
 @pytest.mark.parametrize("head", LONG_DOC_HEADS)
 @pytest.mark.parametrize("factory", sorted(f for f, m in CATALOGUE.items() if m.skips_long_doc is None))
-def test_a_5000_token_doc(long_doc_pipelines, method_for, factory, head):
-    nlp = long_doc_pipelines[head]
+def test_a_5000_token_doc(long_doc_pipelines, vmask_twin_of, method_for, factory, head):
+    nlp = twin_if_needed(long_doc_pipelines[head], factory, vmask_twin_of)
     words = (DEFAULT_CARRIER.split() * LONG_DOC_TOKENS)[:LONG_DOC_TOKENS]
     component = method_for(nlp, head, factory)
     (doc,) = explained(nlp, component, [" ".join(words)])
@@ -337,54 +355,65 @@ DEFAULT_PIPE_TEXTS = ["this movie is very good !", "the plot was dull and slow .
 
 
 @pytest.fixture(scope="module")
-def explaining_nlp(request, masked_lm_of) -> Callable[[str], Language]:
-    """`explaining_nlp(head)`: a copy of the head's pipeline (pickled: the session fixture stays as it was)
-    with every catalogued method added, fitted where it fits state."""
-    made: Dict[str, Language] = {}
+def explaining_nlp(request, masked_lm_of, vmask_twin_of) -> Callable[[str, str], Language]:
+    """`explaining_nlp(head, pipeline)`: a copy of the head's pipeline (pickled: the session fixture stays as it
+    was), or of its VMASK twin, with every catalogued method of that `pipeline` added, fitted where it fits
+    state."""
+    made: Dict[Tuple[str, str], Language] = {}
 
-    def of(head: str) -> Language:
-        if head not in made:
-            nlp = pickle.loads(pickle.dumps(request.getfixturevalue(HEADS[head])))
-            for factory, entry in sorted(CATALOGUE.items()):
+    def of(head: str, pipeline: str) -> Language:
+        if (head, pipeline) not in made:
+            nlp = request.getfixturevalue(HEADS[head])
+            nlp = pickle.loads(pickle.dumps(vmask_twin_of(nlp) if pipeline == "vmask" else nlp))
+            for factory, entry in sorted(methods_of(pipeline).items()):
                 if head not in entry.heads:
                     continue
                 config = {**entry.settings, **({"mlm": masked_lm_of(nlp)} if entry.needs_mlm else {})}
                 component = nlp.add_pipe(factory, config=config)
                 if entry.fits_state or entry.trains:
                     component.initialize(lambda: examples_of(nlp, training_texts(head)), nlp=nlp)
-            made[head] = nlp
-        return made[head]
+            made[head, pipeline] = nlp
+        return made[head, pipeline]
 
     return of
+
+
+def methods_of(pipeline: str) -> Dict[str, Method]:
+    return {factory: entry for factory, entry in CATALOGUE.items() if entry.pipeline == pipeline}
+
+
+PIPELINES = sorted({entry.pipeline for entry in CATALOGUE.values()})
 
 
 def all_results(docs) -> int:
     return sum(len(list(iter_attributions(doc))) for doc in docs)
 
 
+@pytest.mark.parametrize("pipeline", PIPELINES)
 @pytest.mark.parametrize("head", ALL_HEADS)
-def test_a_pickled_pipeline_explains_the_same(explaining_nlp, head):
-    nlp = explaining_nlp(head)
+def test_a_pickled_pipeline_explains_the_same(explaining_nlp, head, pipeline):
+    nlp = explaining_nlp(head, pipeline)
     texts = PIPE_TEXTS.get(head, DEFAULT_PIPE_TEXTS)
     restored = pickle.loads(pickle.dumps(nlp))
     assert restored.pipe_names == nlp.pipe_names
     expected = list(nlp.pipe(texts))
-    assert {key for doc in expected for key in doc._.attributions} == {nlp.get_pipe(f).key for f in CATALOGUE
+    assert {key for doc in expected for key in doc._.attributions} == {nlp.get_pipe(f).key for f in methods_of(pipeline)
                                                                         if head in CATALOGUE[f].heads}
     for doc, again in zip(expected, restored.pipe(texts)):
         assert_same_results(doc, again, f"pickled {head} pipeline")
 
 
+@pytest.mark.parametrize("pipeline", PIPELINES)
 @pytest.mark.parametrize("head", ALL_HEADS)
-def test_two_processes_equal_one(explaining_nlp, head):
+def test_two_processes_equal_one(explaining_nlp, head, pipeline):
     """Every catalogued method in one pipeline: nlp.pipe(n_process=2) gives what one process gives, up to float
     error (the children run torch on one thread and explain one doc at a time, which changes the order of
     float sums: measured up to 3.7e-5 of the largest score, spancat_singlelabel)."""
-    nlp = explaining_nlp(head)
+    nlp = explaining_nlp(head, pipeline)
     texts = PIPE_TEXTS.get(head, DEFAULT_PIPE_TEXTS)
     serial = list(nlp.pipe(texts))
     parallel = list(nlp.pipe(texts, n_process=2, batch_size=1))
-    assert all_results(serial) >= sum(head in m.heads for m in CATALOGUE.values()) * len(texts)
+    assert all_results(serial) >= sum(head in m.heads for m in methods_of(pipeline).values()) * len(texts)
     for doc, other in zip(serial, parallel):
         assert_same_results(doc, other, f"{head}, n_process=2", tolerance=1e-4)
 

@@ -257,6 +257,24 @@ def test_bad_dtype(textcat_nlp):
         DifferentiableView(textcat_nlp, dtype="float16")
 
 
+def test_precision_runs_the_block_in_another_dtype_and_restores_the_view(textcat_nlp):
+    """`view.precision("float32")` inside a bfloat16 view gives the float32 view's outputs bit for bit,
+    and the view is bfloat16 again after the block (also after an error inside it)."""
+    half, full = DifferentiableView(textcat_nlp, dtype="bfloat16"), DifferentiableView(textcat_nlp)
+    batch = half.encode([textcat_nlp.make_doc("the plot was dull and slow .")])
+    with torch.no_grad():
+        expected = full.forward(batch).scores
+        with half.precision("float32"):
+            assert not half.reduced_precision
+            assert torch.equal(half.forward(batch).scores, expected)
+        assert half.reduced_precision and not torch.equal(half.forward(batch).scores, expected)
+    with pytest.raises(RuntimeError), half.precision("float32"):
+        raise RuntimeError("inside")
+    assert half.reduced_precision
+    with pytest.raises(ValueError, match="dtype must be one of"), half.precision("float16"):
+        pass
+
+
 @pytest.mark.parametrize("grad_factor", [0.5, 0.0])
 def test_listener_grad_factor_does_not_touch_attributions(textcat_dir, grad_factor):
     """`grad_factor` scales the gradient a listener hands the transformer in training (0 freezes it for

@@ -19,3 +19,5 @@ from .masks.diffmask import DiffMask  # noqa: E402
 from .trainable import TrainableAttributionComponent  # noqa: E402
 
 __all__ += ["DiffMask", "TrainableAttributionComponent"]
+from .masks.vmask_component import VariationalWordMask  # noqa: E402  (after the families it builds on)
+__all__ += ["VariationalWordMask"]

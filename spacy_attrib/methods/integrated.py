@@ -13,6 +13,10 @@ The baseline x′ is the attribution-site value of a reference text of the same 
 [CLS]/[SEP] and puts [PAD] everywhere else (the common choice for BERT); ``mask`` and ``unk`` use [MASK]
 or [UNK]; ``zero`` is the zero tensor. Steps of several docs go through the transformer together, at most
 `internal_batch_size` rows per forward/backward.
+
+Under ``dtype = "bfloat16"`` only the points along the path run in bfloat16: x, x′, f(x) and f(x′) are
+float32, so the reported gap is measured against the float32 model (see `IntegratedGradients.adaptive` for
+how a tolerance below bfloat16's noise is detected and handed to float32).
 """
 
 from dataclasses import dataclass
@@ -33,6 +37,13 @@ BASELINES = ("pad", "mask", "unk", "zero")
 Quadrature = Literal["gausslegendre", "riemann_trapezoid"]
 Baseline = Literal["pad", "mask", "unk", "zero"]
 SEGMENT_NODES = 3  # Gauss–Legendre points per segment of the adaptive path (exact to degree 5)
+# Under bfloat16 a doc whose gap has not fallen below STALL_RATIO × its best for STALLED_ROUNDS rounds of
+# splits is at bfloat16's noise floor (in float32 a split cuts a smooth segment's error ~2⁶-fold).
+STALL_RATIO = 0.75
+STALLED_ROUNDS = 2
+# ... and one whose f at the path's ends differs from float32 by more than NOISE_SHARE × tolerance (relative)
+# goes to float32 at once: the gap of a path whose every point carries that noise cannot be certified.
+NOISE_SHARE = 0.5
 
 
 def quadrature_points(n_steps: int, rule: str) -> Tuple[numpy.ndarray, numpy.ndarray]:
@@ -132,11 +143,14 @@ class IntegratedGradients(AttributionComponent):
     def explain(self, batch: EncodedBatch) -> List[List[WordpieceMap]]:
         view, cfg = self.view, self.cfg
         with view.frozen():
-            inputs = view.capture(batch)
-            baseline = baseline_inputs(view, batch, inputs, cfg["baseline"])
-            with torch.no_grad():
-                output = view.forward(batch, inputs, max_rows=cfg["internal_batch_size"])
-                baseline_output = view.forward(batch, baseline, max_rows=cfg["internal_batch_size"])
+            # The path's ends, and f(x) − f(x′) that completeness is measured against, in float32 whatever
+            # the dtype: under bfloat16 only the points along the path are approximate, never the certificate.
+            with view.precision("float32"):
+                inputs = view.capture(batch)
+                baseline = baseline_inputs(view, batch, inputs, cfg["baseline"])
+                with torch.no_grad():
+                    output = view.forward(batch, inputs, max_rows=cfg["internal_batch_size"])
+                    baseline_output = view.forward(batch, baseline, max_rows=cfg["internal_batch_size"])
             targets = self.targets(output, batch)
             path = StraightPath(view, batch, inputs, baseline, targets, cfg["internal_batch_size"])
             if cfg["n_steps"] == "auto":
@@ -181,25 +195,59 @@ class IntegratedGradients(AttributionComponent):
            |Σ map − (f(b) − f(a))| is known exactly, since f at its ends comes from forward passes; their
            sum, `gap_bound`, bounds the doc's gap), one forward per midpoint, and integrate the halves,
            within `max_steps` gradient evaluations per doc.
+
+        Under ``dtype = "bfloat16"`` the probes and gradient evaluations run in bfloat16, f(x) and f(x′) in
+        float32. bfloat16 noise puts a floor under the gap; a doc whose gap stops shrinking as its
+        segments split (`STALLED_ROUNDS` rounds in a row without falling below `STALL_RATIO` × its best)
+        cannot reach the tolerance in bfloat16, and is integrated again in float32 (``extras``:
+        ``fallback = "float32"``, ``bfloat16_steps`` and ``bfloat16_gap`` of the abandoned attempt).
         """
-        cfg, batch = self.cfg, path.batch
-        nodes, node_weights = quadrature_points(SEGMENT_NODES, "gausslegendre")
-        probe = numpy.linspace(0.0, 1.0, cfg["probe_steps"] + 1)
-        docs = [d for d in range(len(batch.docs)) if batch.rows[d] and path.targets[d]]
-        n = len(batch.docs)
-        stats = [{"n_steps": 0, "n_probes": len(probe) - 2, "converged": False} for _ in range(n)]
-        if not docs:
-            return [None] * n, stats
+        n = len(path.batch.docs)
+        docs = [d for d in range(n) if path.batch.rows[d] and path.targets[d]]
         f_start = [self._slot_outputs(path, baseline_output, d) for d in range(n)]
         f_end = [self._slot_outputs(path, output, d) for d in range(n)]
-        interior = path.outputs([(d, float(a)) for d in docs for a in probe[1:-1]]).view(len(docs), -1, path.n_slots)
+        maps, stats, stalled = self._certify(path, docs, f_start, f_end, watch_stalls=self.view.reduced_precision)
+        if stalled:
+            with self.view.precision("float32"):
+                exact_maps, exact_stats, _ = self._certify(path, stalled, f_start, f_end, watch_stalls=False)
+            for d in stalled:
+                maps[d] = exact_maps[d]
+                stats[d] = {**exact_stats[d], "fallback": "float32", "bfloat16_steps": stats[d]["n_steps"],
+                            "bfloat16_error": stats[d]["bfloat16_error"]}
+        return maps, stats
+
+    def _certify(self, path: StraightPath, docs: List[int], f_start: List[torch.Tensor], f_end: List[torch.Tensor],
+                 watch_stalls: bool) -> Tuple[List, List[Dict[str, Any]], List[int]]:
+        """Steps 1–3 of `adaptive` for `docs`: their maps, stats and, when `watch_stalls`, the docs whose gap
+        stopped shrinking (left unconverged)."""
+        cfg, n = self.cfg, len(path.batch.docs)
+        nodes, node_weights = quadrature_points(SEGMENT_NODES, "gausslegendre")
+        probe = numpy.linspace(0.0, 1.0, cfg["probe_steps"] + 1)
+        stats = [{"n_steps": 0, "n_probes": len(probe) - 2, "converged": False} for _ in range(n)]
+        if not docs:
+            return [None] * n, stats, []
+        grid = probe if watch_stalls else probe[1:-1]
+        f_probes = path.outputs([(d, float(a)) for d in docs for a in grid]).view(len(docs), -1, path.n_slots)
+        scale = {d: (f_end[d] - f_start[d]).abs().clamp_min(cfg["output_floor"]) for d in docs}
+        stalled: List[int] = []
         segments: Dict[int, List[Segment]] = {}
         for j, d in enumerate(docs):
-            f_grid = torch.cat([f_start[d][None], interior[j], f_end[d][None]])
+            interior = f_probes[j]
+            if watch_stalls:
+                # f at the path's ends in reduced precision against float32: the noise that every segment
+                # of the path carries. Above a share of the tolerance no refinement can certify it.
+                error = torch.stack([(interior[0] - f_start[d]).abs(), (interior[-1] - f_end[d]).abs()]).max(0).values
+                stats[d]["bfloat16_error"] = float((error / scale[d]).max())
+                interior = interior[1:-1]
+                if stats[d]["bfloat16_error"] > NOISE_SHARE * cfg["tolerance"]:
+                    stalled.append(d)
+                    continue
+            f_grid = torch.cat([f_start[d][None], interior, f_end[d][None]])
             segments[d] = [Segment(a, b, f_grid[i], f_grid[k]) for a, b, i, k in
                            self._initial_cuts(probe, f_grid, cfg["initial_segments"])]
-        scale = {d: (f_end[d] - f_start[d]).abs().clamp_min(cfg["output_floor"]) for d in docs}
-        pending = [(d, s) for d in docs for s in segments[d]]
+        best_bound = {d: float("inf") for d in docs}
+        rounds_without_progress = {d: 0 for d in docs}
+        pending = [(d, s) for d in segments for s in segments[d]]
         while pending:
             points = [(d, s.a + (s.b - s.a) * float(t), (s.b - s.a) * float(w))
                       for d, s in pending for t, w in zip(nodes, node_weights)]
@@ -212,9 +260,15 @@ class IntegratedGradients(AttributionComponent):
                 total = sum(s.map.sum((1, 2)) for s in segments[d])
                 gap = float(((total - (f_end[d] - f_start[d])).abs() / scale[d]).max())
                 gaps = [s.gap(scale[d]) for s in segments[d]]
-                stats[d]["gap_bound"] = sum(gaps)
+                stats[d]["gap_bound"], stats[d]["gap"] = sum(gaps), gap
                 if gap <= cfg["tolerance"]:
                     stats[d]["converged"] = True
+                    continue
+                bound = stats[d]["gap_bound"]
+                rounds_without_progress[d] = 0 if bound < STALL_RATIO * best_bound[d] else rounds_without_progress[d] + 1
+                best_bound[d] = min(best_bound[d], bound)
+                if watch_stalls and rounds_without_progress[d] >= STALLED_ROUNDS:
+                    stalled.append(d)
                     continue
                 budget = (cfg["max_steps"] - stats[d]["n_steps"]) // (2 * len(nodes))
                 remaining = sum(gaps)
@@ -232,8 +286,8 @@ class IntegratedGradients(AttributionComponent):
                 segments[d][at:at + 1] = halves
                 pending.extend((d, half) for half in halves)
                 stats[d]["n_probes"] += 1
-        maps = [sum(s.map for s in segments[d]) if d in segments else None for d in range(n)]
-        return maps, stats
+        maps = [sum(s.map for s in segments[d]) if d in segments and d not in stalled else None for d in range(n)]
+        return maps, stats, sorted(stalled)
 
     @staticmethod
     def _slot_outputs(path: StraightPath, output, d: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from .encoding import EncodedBatch, encode
 from .transformer import state_site
 from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
 from .heads.tagger import TaggerHead
-from .transformer import AttributionSite, TransformerAccess, TransformerRun, encoder_layers
+from .transformer import AttributionSite, TransformerAccess, TransformerRun, check_autocast, encoder_layers
 
 OUTPUTS = ("log_prob", "prob", "logit")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -141,6 +141,25 @@ class DifferentiableView(TransformerAccess):
     def autocast(self) -> Iterator[None]:
         with self.run.autocast():
             yield
+
+    @contextmanager
+    def precision(self, dtype: str) -> Iterator[None]:
+        """Run the transformer in `dtype` (``float32`` or ``bfloat16``) inside the block, whatever the view's
+        own dtype: a bfloat16 method computes the values its certificate is measured against in float32."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        check_autocast(self.device, DTYPES[dtype])
+        own = self.run.dtype
+        self.run.dtype = DTYPES[dtype]
+        try:
+            yield
+        finally:
+            self.run.dtype = own
+
+    @property
+    def reduced_precision(self) -> bool:
+        """Whether the transformer runs under autocast to a dtype narrower than float32."""
+        return self.run.dtype != torch.float32
 
     @contextmanager
     def capturing_attention(self, reduce: Optional[attention.Reduce] = None) -> Iterator[attention.CapturedAttention]:

@@ -6,8 +6,8 @@ the view sees the rows (and `token_type_ids`) the pipeline's forward pass sees. 
 as the pipeline encodes it.
 """
 
-from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy
 import torch
@@ -41,6 +41,7 @@ class EncodedBatch:
     row_starts: List[int]
     rows: List[int]
     plan: Any = None
+    _orth_sums: Optional[Dict[int, int]] = field(default=None, repr=False, compare=False)
 
     @property
     def width(self) -> int:
@@ -50,6 +51,13 @@ class EncodedBatch:
         """Indices of the rows of each doc in `doc_indices`, concatenated: how to lay out instances."""
         index = [r for i in doc_indices for r in range(self.row_starts[i], self.row_starts[i] + self.rows[i])]
         return torch.tensor(index, dtype=torch.long, device=self.input_ids.device)
+
+    def orth_sums(self) -> Dict[int, int]:
+        """Each doc's sum of token orths by ``id(doc)``, computed once: what spacy-transformers' listeners
+        identify a batch of docs by, which every pass through the head would otherwise recount."""
+        if self._orth_sums is None:
+            self._orth_sums = {id(doc): sum(token.orth for token in doc) for doc in self.docs}
+        return self._orth_sums
 
     def layout(self, d: int) -> WordpieceLayout:
         """Doc `d`'s real wordpieces and its token → wordpiece alignment over them."""

@@ -72,6 +72,7 @@ ARCHITECTURES: Dict[str, Architecture] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
     "xlm-roberta": _BERT_LIKE,
+    "vmask_bert": _BERT_LIKE,  # spacy_attrib.methods.masks.vmask: a BertModel with a mask before layer 0
 }
 
 

@@ -258,6 +258,8 @@ def encoder_layer_list(hf_model: torch.nn.Module) -> Tuple[torch.nn.Module, str,
 # Architectures whose encoder layers take the embedding layer's output as it is (no projection between),
 # so that a pass can start above a layer site (`TransformerRun._run_from_layer`); others run every layer.
 STARTS_ABOVE_LAYERS = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert")
+# VMASK's BERT masks the embedding output in a pre-hook on layer 0, which a pass from above a layer skips.
+STARTS_ABOVE_LAYERS += ("vmask_bert",)
 
 
 def start_layer(hf_model: torch.nn.Module, attribute_at: AttributionSite) -> Optional[int]:

@@ -134,7 +134,7 @@ class ParserHead(Head):
         `choose(step, active instances, states, scores)` gives. Returns the step model, its finish callback,
         the listener outputs with their row offsets, and per step (active instances, scores, backprop)."""
         outputs, offsets = self.listener_outputs(batch, hidden, doc_index)
-        with self.listening(docs, outputs):
+        with self.listening(batch, docs, outputs):
             step_model, finish = self.model.begin_update(list(docs))
         # ParserStepModel hard-codes a dropout of 0.1 on its upper layer's input when training.
         step_model.attrs["dropout_rate"] = 0.0
@@ -169,7 +169,7 @@ class ParserHead(Head):
             d_hidden = torch.zeros_like(hidden)
             d_steps = d_logits.detach().float().cpu().numpy()
             step_model.backprops = []  # the steps' backprops queue up here until finish consumes them
-            with self.listening(docs, outputs, self.gradient_receiver(d_hidden, offsets, batch, doc_index, docs)):
+            with self.listening(batch, docs, outputs, self.gradient_receiver(d_hidden, offsets, batch, doc_index, docs)):
                 for t, (active, scores, backprop_step) in enumerate(steps):
                     xp = get_array_module(scores)
                     backprop_step(xp.ascontiguousarray(xp.asarray(d_steps[active, t]), dtype="float32"))

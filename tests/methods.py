@@ -34,6 +34,10 @@ class Method:
     needs_mlm: the `mlm` setting must name a masked LM of the explained transformer's vocabulary.
     skips_long_doc: why the 5,000-token doc is not given to it (None: it is, on the doc-level heads).
     refusals: the combinations it refuses on purpose.
+    trains: the component is trained with `spacy train` (a TrainablePipe with a probe): the suite
+        `initialize`s it, untrained, before use (and checks that a call before is a ValueError naming
+        `initialize`); what training does is its own test file's.
+    heads: the head kinds it explains; on the others it must refuse (list that in `refusals`).
     pipeline: the pipelines it explains: ``plain`` (each head kind's trained pipeline) or ``vmask`` (their
         VMASK twins, `conftest.vmask_twin`: the same weights under a VMASK transformer, for a method that reads
         what only a VMASK-trained model has).
@@ -44,6 +48,8 @@ class Method:
     needs_mlm: bool = False
     skips_long_doc: Optional[str] = None
     refusals: Tuple[Refusal, ...] = ()
+    trains: bool = False
+    heads: Tuple[str, ...] = ALL_HEADS
     pipeline: str = "plain"
 
 
@@ -70,6 +76,9 @@ CATALOGUE: Dict[str, Method] = {
     "attr_input_marginalization": Method({"max_candidates": 3}, needs_mlm=True, skips_long_doc=PER_TOKEN_PASSES,
                                          refusals=(Refusal({"output": "log_prob"}, "defined on probabilities"),)),
     "attr_lafa": Method({"max_examples": 8}, fits_state=True),
+    "attr_diffmask": Method(trains=True, heads=("textcat", "textcat_multilabel"),
+                            refusals=(Refusal({}, "attr_diffmask explains doc-level classifiers",
+                                              heads=("tagger", "ner", "spancat", "spancat_singlelabel")),)),
     "attr_vmask": Method(pipeline="vmask"),
 }
 

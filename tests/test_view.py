@@ -6,7 +6,7 @@ import spacy
 import torch
 
 from spacy_attrib import iter_attributions
-from spacy_attrib.view import DifferentiableView
+from spacy_attrib.view import DifferentiableView, state_site
 
 from conftest import LISTENER, explain, weights_snapshot
 
@@ -117,6 +117,31 @@ def test_a_pass_from_a_layer_site_runs_only_the_layers_above_and_equals_the_full
         torch.testing.assert_close(scores, results[0][0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(grad, results[0][1], atol=1e-5, rtol=1e-4)
     assert hf.encoder.layer is layers and [id(m) for m in hf.encoder.layer] == ids
+
+
+def test_states_are_the_word_embeddings_and_every_layer_input_and_each_feeds_its_site(textcat_nlp):
+    """`states` holds DiffMask's L + 2 states (word embeddings, Hugging Face's hidden_states); a pass with
+    state i given back at `state_site(i)` gives the clean scores, and a changed state changes them."""
+    view = DifferentiableView(textcat_nlp)
+    batch = view.encode([textcat_nlp.make_doc(t) for t in ("the plot was dull and slow .", "good")])
+    states = view.states(batch)
+    hf = view.hf_model
+    with view.frozen(), torch.no_grad():
+        reference = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       token_type_ids=batch.token_type_ids, output_hidden_states=True).hidden_states
+        clean = view.forward(batch).scores
+        assert len(states) == len(hf.encoder.layer) + 2
+        torch.testing.assert_close(states[0], hf.get_input_embeddings()(batch.input_ids))
+        for state, expected in zip(states[1:], reference):
+            torch.testing.assert_close(state, expected)
+        for i, state in enumerate(states):
+            torch.testing.assert_close(view.forward(batch, state, site=state_site(i)).scores, clean, atol=1e-5, rtol=1e-5)
+            noise = torch.randn(state.shape, generator=torch.Generator().manual_seed(i))
+            changed = view.forward(batch, state + noise, site=state_site(i)).scores
+            assert not torch.allclose(changed, clean, atol=1e-4)
+    assert [state_site(i) for i in range(4)] == ["word_embeddings", 0, 1, 2]
+    with pytest.raises(ValueError, match="a state index is an integer from 0"):
+        state_site(-1)
 
 
 def test_perturbed_ids_forward(textcat_nlp):

@@ -15,5 +15,9 @@ __all__ = ["AttentionRollout", "AttributionComponent", "GradientXInput", "Inform
            "InputMarginalization", "KernelShapAttribution", "LayerwiseAttentionTracing", "LayerwiseRelevance", "LimeAttribution",
            "Occlusion", "RandomAttribution", "RawAttention", "Saliency", "ShapleySampling", "SmoothGrad"]
 __all__ += ["LocallyAggregatedAttribution"]
+from .masks.diffmask import DiffMask  # noqa: E402
+from .trainable import TrainableAttributionComponent  # noqa: E402
+
+__all__ += ["DiffMask", "TrainableAttributionComponent"]
 from .masks.vmask_component import VariationalWordMask  # noqa: E402  (after the families it builds on)
 __all__ += ["VariationalWordMask"]

@@ -14,7 +14,7 @@ backprop, weights never written.
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 from spacy.language import Language
@@ -27,6 +27,7 @@ from ..targets import LabelsSetting, Target
 from . import attention, guards, internals
 from .embedding import EmbeddingView
 from .encoding import EncodedBatch, encode
+from .transformer import state_site
 from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
 from .heads.tagger import TaggerHead
 from .transformer import AttributionSite, TransformerAccess, TransformerRun, check_autocast, encoder_layers
@@ -88,6 +89,7 @@ class DifferentiableView(TransformerAccess):
         self.attribute_at = attribute_at
         self.run = TransformerRun(self.transformer.model.transformer, attribute_at, DTYPES[dtype],
                                   self.tokenizer.padding_side)
+        self._runs: Dict[AttributionSite, TransformerRun] = {attribute_at: self.run}
         self.head: Head = kind(self.head_name, pipe, listeners, self.device)
 
     # -- what the pipeline is ------------------------------------------------------------------------
@@ -189,9 +191,31 @@ class DifferentiableView(TransformerAccess):
         with self.frozen():
             return run.capture(run.inputs(batch, batch.input_ids, None))
 
+    def states(self, batch: EncodedBatch) -> List[torch.Tensor]:
+        """Every state of the transformer for the batch's own rows, from one forward pass, without grad:
+        the word embeddings, the input of each encoder layer (the embedding output first) and the last
+        layer's output, L + 2 tensors (rows, T, hidden); state ``i`` is at the site `state_site(i)`. These are
+        DiffMask's ``hidden_states`` (its `bert_getter`)."""
+        word_embeddings: List[torch.Tensor] = []
+        handle = self.hf_model.get_input_embeddings().register_forward_hook(
+            lambda module, args, output: word_embeddings.append(output.detach()))
+        try:
+            with self.frozen(), torch.no_grad(), self.autocast():
+                hidden = self.hf_model(**self.run.inputs(batch, batch.input_ids, None),
+                                       output_hidden_states=True).hidden_states
+        finally:
+            handle.remove()
+        return [state.float() for state in [word_embeddings[0], *hidden]]
+
+    def run_at(self, site: AttributionSite) -> TransformerRun:
+        """How the transformer runs with `site` as its attribution site (made once per site)."""
+        if site not in self._runs:
+            self._runs[site] = TransformerRun(self.hf_model, site, self.run.dtype, self.run.padding_side)
+        return self._runs[site]
+
     def forward(self, batch: EncodedBatch, inputs: Optional[torch.Tensor] = None, *,
                 doc_index: Optional[Sequence[int]] = None, input_ids: Optional[torch.Tensor] = None,
-                max_rows: Optional[int] = None) -> ViewOutput:
+                max_rows: Optional[int] = None, site: Optional[AttributionSite] = None) -> ViewOutput:
         """The attributed output for instances of the batch's docs, differentiable w.r.t. the inputs.
 
         inputs: values at the attribution site for every instance row (shape (n_rows, T, hidden)); by
@@ -202,6 +226,8 @@ class DifferentiableView(TransformerAccess):
         max_rows: run the transformer at most this many rows at a time. Past it, rows run in chunks under
             activation checkpointing: the backward pass recomputes one chunk at a time (rows are
             independent, so this is exact), which bounds memory whatever the length of a doc.
+        site: where `inputs` go, when not at the view's own attribution site (e.g. ``state_site(i)`` for
+            a masked state of `states`).
         The pass runs inside `frozen()` (nested in the caller's own, it changes nothing): what that sets
         (eval mode, no dropout, grad_factor 1) is read during the forward pass, so a backward pass after it
         sees the same function.
@@ -209,8 +235,9 @@ class DifferentiableView(TransformerAccess):
         doc_index = list(range(len(batch.docs))) if doc_index is None else list(doc_index)
         rows = batch.row_index(doc_index)
         ids = batch.input_ids[rows] if input_ids is None else input_ids
+        run = self.run if site is None else self.run_at(site)
         with self.frozen():
-            inputs, hidden = self.run.run(batch, rows, ids, inputs, max_rows)
+            inputs, hidden = run.run(batch, rows, ids, inputs, max_rows)
             logits = HeadFunction.apply(hidden, self.head, batch, doc_index)
         return ViewOutput(self.head.scores(logits, batch, doc_index, self.output), logits, inputs, doc_index)
 
@@ -230,8 +257,12 @@ class DifferentiableView(TransformerAccess):
 
 
 # -- where things are in the pipeline --------------------------------------------------------------
+# Components are looked up among all of the pipeline's, disabled ones included: `spacy train` disables its
+# frozen components while it initializes the others (spacy/training/initialize.py), and a trained attribution
+# component (DiffMask) builds its probe from the frozen transformer then. The view runs the Hugging Face
+# module and the head's model itself, so a disabled component serves as well as an enabled one.
 def find_transformer(nlp: Language) -> Tuple[str, Transformer]:
-    found = [(name, pipe) for name, pipe in nlp.pipeline if isinstance(pipe, Transformer)]
+    found = [(name, pipe) for name, pipe in nlp.components if isinstance(pipe, Transformer)]
     if not found:
         raise ValueError(
             "The pipeline has no spacy-transformers 'transformer' component "
@@ -250,7 +281,7 @@ def encoder_depth(nlp: Language) -> int:
 def head_kind_of(nlp: Language, name: str) -> Type[Head]:
     """The head kind of the component `name`, with a clear error where there is no such component or its
     kind is not supported."""
-    if name not in nlp.pipe_names:
+    if name not in nlp.component_names:
         raise ValueError(f"No component named {name!r} in the pipeline {nlp.pipe_names}")
     pipe = nlp.get_pipe(name)
     kind = head_kind(pipe)
@@ -267,7 +298,7 @@ def listeners_of(model: Model, transformer_name: str) -> List[TransformerListene
 
 def default_head(nlp: Language, transformer_name: str) -> str:
     """The single supported component that listens to the transformer."""
-    heads = [name for name, pipe in nlp.pipeline
+    heads = [name for name, pipe in nlp.components
              if isinstance(getattr(pipe, "model", None), Model) and listeners_of(pipe.model, transformer_name)]
     supported = [name for name in heads if head_kind(nlp.get_pipe(name)) is not None]
     if len(supported) == 1:
@@ -281,3 +312,4 @@ def default_head(nlp: Language, transformer_name: str) -> str:
 
 
 __all__ = ["DifferentiableView", "EmbeddingView", "EncodedBatch", "ViewOutput", "SUPPORTED_HEADS", "encoder_depth", "head_kind_of"]
+__all__ += ["state_site"]

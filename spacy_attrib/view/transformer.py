@@ -229,6 +229,15 @@ def site_module(hf_model: torch.nn.Module, attribute_at: AttributionSite) -> tor
     )
 
 
+def state_site(index: int) -> AttributionSite:
+    """The site of state `index` of `DifferentiableView.states`: 0 is the word embeddings, ``i ≥ 1`` the
+    input of encoder layer i (the output of layer i − 1; 1 is the embedding output), and L + 1 the last
+    layer's output."""
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"a state index is an integer from 0, got {index!r}")
+    return "word_embeddings" if index == 0 else index - 1
+
+
 def encoder_layers(hf_model: torch.nn.Module) -> torch.nn.ModuleList:
     return encoder_layer_list(hf_model)[2]
 

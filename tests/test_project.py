@@ -140,6 +140,14 @@ def test_vmask_workflow_trains_both_pipelines_alike_and_compares_them():
     assert set(methods) <= {f"attr_{m}" for m in METHODS} | {"attr_vmask"}
 
 
+def test_masks_workflow_is_the_diffmask_and_vmask_workflows_in_one_run():
+    project = srsly.read_yaml(ROOT / "project.yml")
+    workflows = project["workflows"]
+    prefix = ["convert-demo", "train-demo"]
+    assert workflows["masks"] == prefix + workflows["diffmask"][2:] + workflows["vmask"][2:]
+    assert workflows["diffmask"][:2] == workflows["vmask"][:2] == prefix
+
+
 @pytest.mark.slow
 def test_vmask_workflow_runs_end_to_end(tmp_path):
     """`spacy project run vmask` on the tiny BERT, a few steps and docs: both pipelines trained, explained,

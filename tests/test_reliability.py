@@ -54,6 +54,7 @@ HOSTILE: Dict[str, Callable[[str], str]] = {
     "all wordpieces [UNK]": lambda text: "zzq qqx xjj vvw",
 }
 CARRIED = ("control characters", "zero-width spaces", "emoji", "RTL text")
+REPEAT_TOLERANCE = 1e-5
 LONG_DOC_TOKENS = 5000
 LONG_DOC_HEADS = ("textcat", "textcat_multilabel")
 
@@ -206,6 +207,9 @@ def test_hostile_inputs(pipeline_for, method_for, factory, head):
     texts = [make(carrier(head)) for make in HOSTILE.values()]
     first = explained(nlp, component, texts)
     # Again on the docs with targets and text around the hostile characters (the rest is cheap to skip).
+    # Without the others the batch is padded to another width, so float32 sums may run in another order:
+    # equal within REPEAT_TOLERANCE of each result's largest score (measured: 1.0e-7 absolute, 2e-6 of the
+    # largest, on input marginalization's multilabel RTL doc), not bit for bit.
     repeated = [name for name in HOSTILE if name in CARRIED]
     second = explained(nlp, component, [texts[list(HOSTILE).index(name)] for name in repeated])
 
@@ -213,7 +217,7 @@ def test_hostile_inputs(pipeline_for, method_for, factory, head):
                     for name, doc in zip(HOSTILE, first))
     assert n_results >= 5, "too few results to test anything"
     for name, again in zip(repeated, second):
-        assert_same_results(first[list(HOSTILE).index(name)], again, f"{factory} on {head}, {name}")
+        assert_same_results(first[list(HOSTILE).index(name)], again, f"{factory} on {head}, {name}", REPEAT_TOLERANCE)
     after = weights_snapshot(nlp)
     assert before.keys() == after.keys()
     for key, value in before.items():

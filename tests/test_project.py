@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict
 
 import pytest
 import srsly
@@ -17,18 +18,26 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = CONFIG_METHODS
 
 
-def test_demo_workflow_runs_end_to_end(tmp_path):
+def run_workflow(tmp_path: Path, workflow: str, overrides: Dict[str, object], timeout: int) -> Path:
+    """`spacy project run WORKFLOW` on a copy of the project with the tiny BERT as its transformer and
+    `overrides` as vars; the copy's directory, after checking the run succeeded."""
     project = tmp_path / "project"
     project.mkdir()
     for name in ("project.yml", "configs", "scripts", "assets"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
     model = make_tiny_bert(tmp_path / "tiny_bert", max_positions=512)
-    overrides = {"transformer": model, "demo_steps": 4, "presets": "eraser", "eraser_limit": 2, "examples": 1}
-    command = [sys.executable, "-m", "spacy", "project", "run", "demo", str(project)]
-    command += [arg for name, value in overrides.items() for arg in (f"--vars.{name}", str(value))]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    command = [sys.executable, "-m", "spacy", "project", "run", workflow, str(project)]
+    command += [arg for name, value in {"transformer": model, **overrides}.items()
+                for arg in (f"--vars.{name}", str(value))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return project
+
+
+def test_demo_workflow_runs_end_to_end(tmp_path):
+    project = run_workflow(tmp_path, "demo", {"demo_steps": 4, "presets": "eraser", "eraser_limit": 2, "examples": 1},
+                           timeout=900)
     eraser_methods = load_project_config(ROOT)["vars"]["eraser_methods"].split(",")
     for name, methods in (("sst2", METHODS), ("eraser", eraser_methods)):
         rows = srsly.read_json(project / "evaluation" / "demo" / name / "results.json")["results"]
@@ -152,19 +161,10 @@ def test_masks_workflow_is_the_diffmask_and_vmask_workflows_in_one_run():
 def test_vmask_workflow_runs_end_to_end(tmp_path):
     """`spacy project run vmask` on the tiny BERT, a few steps and docs: both pipelines trained, explained,
     evaluated, and the report's comparison table has the methods both have."""
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("project.yml", "configs", "scripts", "assets"):
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
-    model = make_tiny_bert(tmp_path / "tiny_bert", max_positions=512)
-    overrides = {"transformer": model, "demo_steps": 4, "vmask_presets": "eraser", "examples": 1,
-                 "vmask_methods": "occlusion,random", "vmask_settings": ""}
-    command = [sys.executable, "-m", "spacy", "project", "run", "vmask", str(project)]
-    command += [arg for name, value in overrides.items() for arg in (f"--vars.{name}", str(value))]
+    overrides = {"demo_steps": 4, "vmask_presets": "eraser", "examples": 1, "vmask_methods": "occlusion,random",
+                 "vmask_settings": ""}
     # 15 minutes measured on 2 cores shared with other jobs (load 13); a few on an idle machine
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    project = run_workflow(tmp_path, "vmask", overrides, timeout=1800)
     for name, methods in (("plain", {"occlusion", "random"}), ("vmask", {"occlusion", "random", "vmask"})):
         rows = srsly.read_json(project / "evaluation" / "vmask" / name / "results.json")["results"]
         assert {r["method"] for r in rows} == methods

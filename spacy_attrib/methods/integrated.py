@@ -37,8 +37,8 @@ BASELINES = ("pad", "mask", "unk", "zero")
 Quadrature = Literal["gausslegendre", "riemann_trapezoid"]
 Baseline = Literal["pad", "mask", "unk", "zero"]
 SEGMENT_NODES = 3  # Gauss–Legendre points per segment of the adaptive path (exact to degree 5)
-# Under bfloat16 a doc whose gap has not fallen below STALL_RATIO × its best for STALLED_ROUNDS rounds of
-# splits is at bfloat16's noise floor (in float32 a split cuts a smooth segment's error ~2⁶-fold).
+# Under bfloat16 a doc whose gap bound has not fallen below STALL_RATIO × its best for STALLED_ROUNDS rounds
+# of splits is at bfloat16's noise floor (in float32 a split cuts a smooth segment's error ~2⁶-fold).
 STALL_RATIO = 0.75
 STALLED_ROUNDS = 2
 # ... and one whose f at the path's ends differs from float32 by more than NOISE_SHARE × tolerance (relative)
@@ -197,10 +197,12 @@ class IntegratedGradients(AttributionComponent):
            within `max_steps` gradient evaluations per doc.
 
         Under ``dtype = "bfloat16"`` the probes and gradient evaluations run in bfloat16, f(x) and f(x′) in
-        float32. bfloat16 noise puts a floor under the gap; a doc whose gap stops shrinking as its
-        segments split (`STALLED_ROUNDS` rounds in a row without falling below `STALL_RATIO` × its best)
-        cannot reach the tolerance in bfloat16, and is integrated again in float32 (``extras``:
-        ``fallback = "float32"``, ``bfloat16_steps`` and ``bfloat16_gap`` of the abandoned attempt).
+        float32. bfloat16 noise puts a floor under the gap. A doc whose f at the path's ends, probed in
+        bfloat16, differs from float32 by more than `NOISE_SHARE` × tolerance (relative), or whose gap bound
+        stops shrinking as its segments split (`STALLED_ROUNDS` rounds in a row without falling below
+        `STALL_RATIO` × its best), cannot reach the tolerance in bfloat16 and is integrated in float32
+        (``extras``: ``fallback = "float32"``, with the abandoned attempt's ``bfloat16_steps`` and
+        ``bfloat16_error``).
         """
         n = len(path.batch.docs)
         docs = [d for d in range(n) if path.batch.rows[d] and path.targets[d]]
@@ -223,10 +225,11 @@ class IntegratedGradients(AttributionComponent):
         cfg, n = self.cfg, len(path.batch.docs)
         nodes, node_weights = quadrature_points(SEGMENT_NODES, "gausslegendre")
         probe = numpy.linspace(0.0, 1.0, cfg["probe_steps"] + 1)
-        stats = [{"n_steps": 0, "n_probes": len(probe) - 2, "converged": False} for _ in range(n)]
+        # Watching for bfloat16 noise probes the path's ends too, to compare them with float32.
+        grid = probe if watch_stalls else probe[1:-1]
+        stats = [{"n_steps": 0, "n_probes": len(grid), "converged": False} for _ in range(n)]
         if not docs:
             return [None] * n, stats, []
-        grid = probe if watch_stalls else probe[1:-1]
         f_probes = path.outputs([(d, float(a)) for d in docs for a in grid]).view(len(docs), -1, path.n_slots)
         scale = {d: (f_end[d] - f_start[d]).abs().clamp_min(cfg["output_floor"]) for d in docs}
         stalled: List[int] = []

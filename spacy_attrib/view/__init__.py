@@ -150,11 +150,13 @@ class DifferentiableView(TransformerAccess):
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         check_autocast(self.device, DTYPES[dtype])
         own = self.run.dtype
-        self.run.dtype = DTYPES[dtype]
+        for run in self._runs.values():  # the view's own site and every other site it has run at
+            run.dtype = DTYPES[dtype]
         try:
             yield
         finally:
-            self.run.dtype = own
+            for run in self._runs.values():  # sites first run inside the block included
+                run.dtype = own
 
     @property
     def reduced_precision(self) -> bool:
@@ -187,7 +189,7 @@ class DifferentiableView(TransformerAccess):
     def capture_at(self, batch: EncodedBatch, site: AttributionSite) -> torch.Tensor:
         """The tensor at another `site` than the view's (e.g. a layer's input, ``site = k − 1`` for a view
         at layer ``k``) for the batch's own ids, without grad."""
-        run = TransformerRun(self.hf_model, site, self.run.dtype, self.run.padding_side)
+        run = self.run_at(site)
         with self.frozen():
             return run.capture(run.inputs(batch, batch.input_ids, None))
 
@@ -244,15 +246,14 @@ class DifferentiableView(TransformerAccess):
     def layer_means(self, batch: EncodedBatch) -> torch.Tensor:
         """Each doc's mean activation at the embedding output and after every encoder layer, over its real
         wordpieces (all rows), shape (docs, layers + 1): what Atanasova et al.'s consistency tests compare."""
-        with self.frozen(), torch.no_grad(), self.autocast():
-            states = self.hf_model(**self.run.inputs(batch, batch.input_ids, None), output_hidden_states=True).hidden_states
+        states = self.states(batch)[1:]  # without the word embeddings
         mask = batch.attention_mask.unsqueeze(-1).float()
         means = torch.zeros((len(batch.docs), len(states)), device=self.device)
         for d, (start, n) in enumerate(zip(batch.row_starts, batch.rows)):
             if n:
                 weight = mask[start:start + n]
                 for layer, state in enumerate(states):
-                    means[d, layer] = (state[start:start + n].float() * weight).sum() / (weight.sum() * state.shape[-1])
+                    means[d, layer] = (state[start:start + n] * weight).sum() / (weight.sum() * state.shape[-1])
         return means
 
 

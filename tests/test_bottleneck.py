@@ -137,24 +137,33 @@ def test_saved_pipeline_gives_identical_scores(textcat_dir, texts, tmp_path):
 
 
 # -- the method ------------------------------------------------------------------------------------
-# An open finding, kept visible: at the paper's defaults the key ranks first in 0.075 (dataset) and 0.50
-# (reference_code) of 40 docs (chance ≈ 0.14). Also measured: β 1 … 100, 30 steps at lr 0.3, layer 1: at most
-# 0.65; on an encoder whose attention outputs are zeroed (no mixing: the key's information stays at its own
-# position) 0.65 at best, the masks closing nearly uniformly once β ≥ 1. spaCy's heads mean-pool every token,
-# so noise at any position moves the pooled vector and the cross-entropy asks to keep every position; the
-# paper's heads read [CLS].
-@pytest.mark.xfail(strict=True, reason="IBA ranks the planted key first in 0.075 (dataset) / 0.50 (reference_code) "
-                   "of docs on a mean-pooled textcat; see the comment above")
-@pytest.mark.parametrize("stats", ["dataset", "reference_code"])
-def test_planted_key_ranks_first(planted_key_nlp, stats):
-    """One key token decides the label: IBA ranks it first in at least 80 % of docs (paper defaults)."""
+def planted_key_first(planted_key_nlp, **config) -> float:
+    """The share of 40 held-out planted-key docs whose key IBA ranks first (statistics fitted on 96 others)."""
     train = planted_key_texts(96, seed=1)
-    component = fitted(planted_key_nlp, [text for text, _, _ in train], stats=stats)
+    component = fitted(planted_key_nlp, [text for text, _, _ in train], **config)
     data = planted_key_texts(40, seed=7)
     docs = list(planted_key_nlp.pipe(text for text, _, _ in data))
     results = component.predict(docs)
-    first = [int(numpy.argmax(result[0].scores)) == key for result, (_, _, key) in zip(results, data)]
-    assert numpy.mean(first) >= 0.8, f"key ranked first in {numpy.mean(first):.2f} of docs ({stats})"
+    return float(numpy.mean([int(numpy.argmax(result[0].scores)) == key for result, (_, _, key) in zip(results, data)]))
+
+
+def test_planted_key_ranks_first_on_the_embedding_output(planted_key_nlp):
+    """One key token decides the label: with the bottleneck on the embedding output (layer 0), where each
+    position holds only its own token, IBA ranks the key first in at least 80 % of docs (measured: all 40),
+    the paper's other defaults unchanged."""
+    assert planted_key_first(planted_key_nlp, layer=0) >= 0.8
+
+
+# An open finding, kept visible: at the default layer (2 of 2, the official 9 of 12 scaled) the key ranks first
+# in 0.075 (dataset) and 0.50 (reference_code) of 40 docs (chance ≈ 0.14); at layer 1, 0.10 and 0.025. Also
+# measured: β 1 … 100, 30 steps at lr 0.3, layer 1: at most 0.65. After an attention layer the key's
+# information is at other positions too, and spaCy's heads mean-pool every position, so the cross-entropy
+# asks to keep many of them; the paper's heads read [CLS]. On the embedding output (above) it is found.
+@pytest.mark.xfail(strict=True, reason="IBA at the default layer ranks the planted key first in 0.075 (dataset) / "
+                   "0.50 (reference_code) of docs on a mean-pooled textcat; see the comment above")
+@pytest.mark.parametrize("stats", ["dataset", "reference_code"])
+def test_planted_key_ranks_first_at_the_default_layer(planted_key_nlp, stats):
+    assert planted_key_first(planted_key_nlp, stats=stats) >= 0.8
 
 
 def test_batch_independent_and_deterministic(textcat_nlp, texts):
@@ -227,11 +236,11 @@ def test_every_head_kind(request, fixture):
 
 def test_bad_settings_fail_clearly(textcat_nlp):
     for config, message in [({"stats": "batch"}, "stats"), ({"output": "prob"}, "log_prob"),
-                            ({"layer": 0}, "layer"), ({"steps": 0}, "steps"), ({"n_samples": 0}, "n_samples"),
-                            ({"beta": -1.0}, "beta")]:
+                            ({"layer": -1}, "layer"), ({"layer": 0, "stats": "reference_code"}, "layer 0"),
+                            ({"steps": 0}, "steps"), ({"n_samples": 0}, "n_samples"), ({"beta": -1.0}, "beta")]:
         with pytest.raises(ValueError, match=message):
             make_method(textcat_nlp, "attr_information_bottleneck", **config)
-    with pytest.raises(ValueError, match=r"layer must be 'auto' or in 1\.\.2"):
+    with pytest.raises(ValueError, match=r"layer must be 'auto' or in 0\.\.2"):
         make_method(textcat_nlp, "attr_information_bottleneck", layer=3, stats="reference_code").view
 
 

@@ -38,7 +38,6 @@ import torch
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
-import spacy_attrib  # noqa: F401  (registers the factories and extensions)
 from spacy_attrib.methods.integrated import baseline_inputs
 from spacy_attrib.training import minilm_dir
 from spacy_attrib.view import DifferentiableView

@@ -64,8 +64,8 @@ The machine's load average is recorded at the start and end: on a shared CPU oth
 (there ``--threads 1`` can be much faster than torch's default of one thread per core).
 Everything runs on the GPU when torch sees one (``spacy.require_gpu()``). Our components run once per dtype of
 ``--dtypes`` (default float32 and bfloat16, rows marked ``[bfloat16]``), the floor and Captum in float32, as users
-call it. The last IG rows run ``n_steps="auto"`` at the tolerance Captum-50's mean gap reaches on these docs:
-the equal-gap comparison (auto's tolerance bounds every doc's gap, so its mean gap ends at or below Captum's).
+call it. The last IG rows run ``n_steps="auto"`` at the loosest tolerance (Captum-50's mean gap on these docs
+× 3^k) whose mean gap is still at or below Captum-50's: the equal-gap comparison, one row per dtype.
 """
 
 import argparse
@@ -112,6 +112,7 @@ CHEAP_REPEATS = 5  # inference, floor, saliency and gradient x input are timed b
 N_STEPS = 50
 AUTO_STEPS = {"n_steps": "auto", "tolerance": 0.01, "max_steps": 512}
 EQUAL_GAP_OUTPUT_FLOOR = 1e-9  # the equal-gap row's tolerance is relative to |f(x) − f(x′)| on every doc
+EQUAL_GAP_FACTOR, EQUAL_GAP_TRIES = 3.0, 5  # its search: tolerances Captum's mean gap × 3^k, k < 5
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -617,15 +618,26 @@ class Bench:
                          captum_docs, quality=lambda quality: quality)]
         if self.auto_error:
             return
-        # The equal-gap comparison: `auto` at the tolerance that Captum-50's mean gap reaches, relative on
-        # every doc (no output floor, as Captum's gap is), so that auto's mean gap ends at or below Captum's.
-        tolerance = min(row.relative_gap_mean for row in captum)
+        # The equal-gap comparison: `auto` relative on every doc (no output floor, as Captum's gap is) at the
+        # loosest tolerance whose mean gap stays at or below Captum-50's. The tolerance bounds each doc's gap,
+        # so at Captum's mean gap itself auto's mean ends well below it (most docs' gaps are far under their
+        # bound); the search loosens it by EQUAL_GAP_FACTOR while the mean gap stays within Captum's.
+        target = min(row.relative_gap_mean for row in captum)
         for dtype in self.components:
-            matched = self.add(dtype, "attr_integrated_gradients",
-                               {**self.common, **AUTO_STEPS, "dtype": dtype, "tolerance": tolerance,
-                                "output_floor": EQUAL_GAP_OUTPUT_FLOOR}, "ig_at_captum_gap")
-            self.measure_component(self.label(f"attr_integrated_gradients, n_steps=auto at Captum-{N_STEPS}'s "
-                                              f"mean gap (tol {tolerance:.2e})", dtype), matched)
+            tolerance, kept = target, None
+            for _ in range(EQUAL_GAP_TRIES):
+                matched = self.add(dtype, "attr_integrated_gradients",
+                                   {**self.common, **AUTO_STEPS, "dtype": dtype, "tolerance": tolerance,
+                                    "output_floor": EQUAL_GAP_OUTPUT_FLOOR}, f"ig_at_captum_gap_{tolerance:.2e}")
+                row = self.measure_component(self.label(f"attr_integrated_gradients, n_steps=auto at Captum-{N_STEPS}'s "
+                                                        f"mean gap (tol {tolerance:.2e})", dtype), matched)
+                if row.relative_gap_mean > target:
+                    if kept is not None:  # the looser tolerance overshot: the table keeps the last one within
+                        self.rows.remove(row)
+                    break
+                if kept is not None:
+                    self.rows.remove(kept)
+                kept, tolerance = row, tolerance * EQUAL_GAP_FACTOR
 
     def add_ratios(self) -> None:
         floor_s = next(row.seconds for row in self.rows if row.method.startswith("floor"))

@@ -27,10 +27,10 @@ from ..targets import LabelsSetting, Target
 from . import attention, guards, internals
 from .embedding import EmbeddingView
 from .encoding import EncodedBatch, encode
-from .transformer import state_site
 from .heads import SUPPORTED_HEADS, Head, HeadFunction, head_kind
 from .heads.tagger import TaggerHead
-from .transformer import AttributionSite, TransformerAccess, TransformerRun, check_autocast, encoder_layers
+from .transformer import (AttributionSite, TransformerAccess, TransformerRun, check_autocast, encoder_layers,
+                          state_site)
 
 OUTPUTS = ("log_prob", "prob", "logit")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -246,12 +246,13 @@ class PartFiles:
         if entries and not (resume or overwrite):
             raise ValueError(f"{self.path} is not empty: --resume to explain only the docs it lacks, --overwrite "
                              "to start again (a plain rerun would write every doc twice)")
-        foreign = [entry.name for entry in entries if entry not in self.parts()]
+        parts = self.parts()
+        foreign = sorted({entry.name for entry in entries} - {part.name for part in parts})
         if foreign and overwrite:
             raise ValueError(f"--overwrite removes part files only, but {self.path} holds other files "
                              f"({', '.join(foreign[:3])}): choose another OUTPUT")
         done: Set[str] = set()
-        for part in self.parts():
+        for part in parts:
             if overwrite:
                 part.unlink()
                 continue

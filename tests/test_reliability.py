@@ -100,7 +100,12 @@ def pipeline_for(request, vmask_twin_of) -> Callable[[str, str], Language]:
 
 
 def twin_if_needed(nlp: Language, factory: str, vmask_twin_of: Callable[[Language], Language]) -> Language:
-    return vmask_twin_of(nlp) if CATALOGUE[factory].pipeline == "vmask" else nlp
+    return pipeline_of(nlp, CATALOGUE[factory].pipeline, vmask_twin_of)
+
+
+def pipeline_of(nlp: Language, pipeline: str, vmask_twin_of: Callable[[Language], Language]) -> Language:
+    """`nlp` itself for the ``plain`` pipeline, its VMASK twin for ``vmask`` (a catalogue entry's `pipeline`)."""
+    return vmask_twin_of(nlp) if pipeline == "vmask" else nlp
 
 
 @pytest.fixture
@@ -367,8 +372,7 @@ def explaining_nlp(request, masked_lm_of, vmask_twin_of) -> Callable[[str, str],
 
     def of(head: str, pipeline: str) -> Language:
         if (head, pipeline) not in made:
-            nlp = request.getfixturevalue(HEADS[head])
-            nlp = pickle.loads(pickle.dumps(vmask_twin_of(nlp) if pipeline == "vmask" else nlp))
+            nlp = pickle.loads(pickle.dumps(pipeline_of(request.getfixturevalue(HEADS[head]), pipeline, vmask_twin_of)))
             for factory, entry in sorted(methods_of(pipeline).items()):
                 if head not in entry.heads:
                     continue

@@ -220,11 +220,12 @@ HEAD_TEXTS = {"tagger_nlp": ["it was fun", "the actor was awful"],
               "ner_nlp": ["we saw alex person there today", "kim company was here then"]}
 
 
+@pytest.mark.parametrize("layer", ["auto", 0])
 @pytest.mark.parametrize("fixture", sorted(HEAD_TEXTS))
-def test_every_head_kind(request, fixture):
+def test_every_head_kind(request, fixture, layer):
     nlp = request.getfixturevalue(fixture)
     texts = HEAD_TEXTS[fixture]
-    component = fitted(nlp, texts, steps=2, n_samples=2)  # the parser replays each entity: keep it short
+    component = fitted(nlp, texts, steps=2, n_samples=2, layer=layer)  # the parser replays each entity: keep it short
     results = scores_of(component, list(nlp.pipe(texts)))
     alone = scores_of(component, list(nlp.pipe(texts[1:])))
     assert results and all(len(a.scores) == len(texts[d].split()) for (d, *_), a in results.items())

@@ -212,8 +212,9 @@ def ner_bert(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ner_nlp(ner_bert) -> Language:
-    """The quickstart's NER model shape (no upper layer)."""
-    return build_ner(ner_bert, use_upper=False)
+    """The quickstart's NER model shape (no upper layer). 20 epochs: after 15 it tagged 0.83 of the held-out
+    planted-trigger sentences right on one CPU (AMD EPYC, family 26) and at least 0.9 on another."""
+    return build_ner(ner_bert, use_upper=False, n_epochs=20)
 
 
 @pytest.fixture(scope="session")

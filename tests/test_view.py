@@ -252,6 +252,25 @@ def test_bfloat16_stays_close_to_float32(textcat_nlp, factory):
         assert numpy.corrcoef(full.wordpiece_scores, half.wordpiece_scores)[0, 1] > 0.999
 
 
+def test_bfloat16_gradients_take_attention_by_the_math_kernel(textcat_nlp):
+    """A differentiated bfloat16 pass on a CPU runs attention by SDPA's math kernel (the fused CPU kernel's
+    bfloat16 backward is slower than float32); float32 passes and no-grad bfloat16 passes keep torch's choice."""
+    attention = textcat_nlp.get_pipe("transformer").model.transformer.encoder.layer[0].attention.self
+    fused_allowed = []
+    handle = attention.register_forward_pre_hook(
+        lambda module, args: fused_allowed.append(torch.backends.cuda.flash_sdp_enabled()))
+    doc = textcat_nlp.make_doc("the plot was dull and slow .")
+    try:
+        for dtype, grad in [("float32", True), ("bfloat16", True), ("bfloat16", False)]:
+            view = DifferentiableView(textcat_nlp, dtype=dtype)
+            with torch.set_grad_enabled(grad):
+                view.forward(view.encode([doc]))
+    finally:
+        handle.remove()
+    assert fused_allowed == [True, False, True]
+    assert torch.backends.cuda.flash_sdp_enabled()
+
+
 def test_bad_dtype(textcat_nlp):
     with pytest.raises(ValueError, match="dtype must be one of"):
         DifferentiableView(textcat_nlp, dtype="float16")

@@ -7,6 +7,7 @@ import torch
 
 from spacy_attrib import iter_attributions
 from spacy_attrib.view import DifferentiableView, state_site
+from spacy_attrib.view.transformer import MATH_ATTENTION_MAX_WIDTH
 
 from conftest import LISTENER, explain, weights_snapshot
 
@@ -253,8 +254,9 @@ def test_bfloat16_stays_close_to_float32(textcat_nlp, factory):
 
 
 def test_bfloat16_gradients_take_attention_by_the_math_kernel(textcat_nlp):
-    """A differentiated bfloat16 pass on a CPU runs attention by SDPA's math kernel (the fused CPU kernel's
-    bfloat16 backward is slower than float32); float32 passes and no-grad bfloat16 passes keep torch's choice."""
+    """A differentiated bfloat16 pass on a CPU over short rows runs attention by SDPA's math kernel (the fused
+    CPU kernel is slow to differentiate in bfloat16 there); float32 passes, no-grad bfloat16 passes and rows
+    wider than MATH_ATTENTION_MAX_WIDTH keep torch's choice."""
     attention = textcat_nlp.get_pipe("transformer").model.transformer.encoder.layer[0].attention.self
     fused_allowed = []
     handle = attention.register_forward_pre_hook(
@@ -269,6 +271,11 @@ def test_bfloat16_gradients_take_attention_by_the_math_kernel(textcat_nlp):
         handle.remove()
     assert fused_allowed == [True, False, True]
     assert torch.backends.cuda.flash_sdp_enabled()
+    # Past MATH_ATTENTION_MAX_WIDTH wordpieces the fused kernel is the faster one again.
+    run = DifferentiableView(textcat_nlp, dtype="bfloat16").run
+    for width, fused in [(MATH_ATTENTION_MAX_WIDTH, False), (MATH_ATTENTION_MAX_WIDTH + 1, True), (None, False)]:
+        with run.autocast(width):
+            assert torch.backends.cuda.flash_sdp_enabled() == fused
 
 
 def test_bad_dtype(textcat_nlp):

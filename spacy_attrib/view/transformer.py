@@ -51,6 +51,14 @@ class TransformerAccess:
         return [i for i in tokenizer.all_special_ids if i not in content]
 
 
+# Forward + backward of MiniLM-L6 under bfloat16 autocast, about 4,096 wordpieces, 2 cores (float32: fused):
+#   width      24     64    128    176    256
+#   float32  1189   1193   1213   1307   1465 ms
+#   fused     749    871    771    907    783 ms
+#   math      444    658    648    821   1095 ms
+MATH_ATTENTION_MAX_WIDTH = 192
+
+
 class _Captured(Exception):
     """Stops a forward pass once the attribution site's value is captured."""
 
@@ -72,14 +80,15 @@ class TransformerRun:
         return next(self.hf_model.parameters()).device
 
     @contextmanager
-    def autocast(self) -> Iterator[None]:
-        """The pass under the view's dtype. A differentiated bfloat16 pass on a CPU takes attention by the
-        math kernel: torch's fused CPU kernel is slow to differentiate in bfloat16 (MiniLM-L6, 64 × 24
-        wordpieces, 2 cores: forward + backward 243 ms fused, 148 ms math, 376 ms in float32)."""
+    def autocast(self, width: Optional[int] = None) -> Iterator[None]:
+        """The pass under the view's dtype. A differentiated bfloat16 pass on a CPU over rows at most
+        `MATH_ATTENTION_MAX_WIDTH` wordpieces wide (or of unknown width) takes attention by the math kernel:
+        torch's fused CPU kernel is slow to differentiate in bfloat16 at short widths."""
         enabled = self.dtype != torch.float32
         with ExitStack() as stack:
             stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled))
-            if enabled and self.device.type == "cpu" and torch.is_grad_enabled():
+            if enabled and self.device.type == "cpu" and torch.is_grad_enabled() \
+                    and (width is None or width <= MATH_ATTENTION_MAX_WIDTH):
                 stack.enter_context(sdpa_kernel(SDPBackend.MATH))
             yield
 
@@ -155,7 +164,7 @@ class TransformerRun:
 
         handle = self.site.register_forward_hook(hook)
         try:
-            with self.autocast():
+            with self.autocast(hf_inputs["input_ids"].shape[1]):
                 hidden = self.hf_model(**hf_inputs).last_hidden_state
         finally:
             handle.remove()
@@ -176,7 +185,7 @@ class TransformerRun:
         handle = self.hf_model.embeddings.register_forward_hook(from_site)
         setattr(container, name, torch.nn.ModuleList(list(layers)[self.start_layer:]))
         try:
-            with self.autocast():
+            with self.autocast(hf_inputs["input_ids"].shape[1]):
                 hidden = self.hf_model(**hf_inputs).last_hidden_state
         finally:
             setattr(container, name, layers)

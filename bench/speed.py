@@ -629,37 +629,35 @@ class Bench:
             kept: Optional[Tuple[float, Row]] = None
             tolerance, overshot = target, None
             for _ in range(EQUAL_GAP_TRIES):
-                row = self.equal_gap_row(dtype, tolerance, target)
-                if row is None:
+                row = self.equal_gap_row(dtype, tolerance)
+                if row.relative_gap_mean > target:
+                    if kept is not None:  # the looser tolerance overshot: the table keeps the last one within
+                        self.rows.remove(row)
                     overshot = tolerance
                     break
                 kept = self.replace_row(kept, (tolerance, row))
                 tolerance *= EQUAL_GAP_FACTOR
             if kept is not None and overshot is not None:  # one step back, halfway (geometrically)
                 middle = (kept[0] * overshot) ** 0.5
-                row = self.equal_gap_row(dtype, middle, target)
-                if row is not None:
+                row = self.equal_gap_row(dtype, middle)
+                if row.relative_gap_mean > target:
+                    self.rows.remove(row)
+                else:
                     self.replace_row(kept, (middle, row))
 
-    def equal_gap_row(self, dtype: str, tolerance: float, target: float) -> Optional[Row]:
-        """`auto` at `tolerance`, relative on every doc; its row, or None (the row dropped) where its mean gap
-        is over `target`."""
+    def equal_gap_row(self, dtype: str, tolerance: float) -> Row:
+        """The row of `auto` at `tolerance`, relative on every doc."""
         matched = self.add(dtype, "attr_integrated_gradients",
                            {**self.common, **AUTO_STEPS, "dtype": dtype, "tolerance": tolerance,
                             "output_floor": EQUAL_GAP_OUTPUT_FLOOR}, f"ig_at_captum_gap_{tolerance:.2e}")
-        row = self.measure_component(self.label(f"attr_integrated_gradients, n_steps=auto at Captum-{N_STEPS}'s "
-                                                f"mean gap (tol {tolerance:.2e})", dtype), matched)
-        if row.relative_gap_mean > target:
-            self.rows.remove(row)
-            return None
-        return row
+        return self.measure_component(self.label(f"attr_integrated_gradients, n_steps=auto at Captum-{N_STEPS}'s "
+                                                 f"mean gap (tol {tolerance:.2e})", dtype), matched)
 
     def replace_row(self, kept: Optional[Tuple[float, Row]], new: Tuple[float, Row]) -> Tuple[float, Row]:
         """Keep the looser tolerance's row in the table: the one before it leaves."""
         if kept is not None:
             self.rows.remove(kept[1])
         return new
-
 
     def add_ratios(self) -> None:
         floor_s = next(row.seconds for row in self.rows if row.method.startswith("floor"))
